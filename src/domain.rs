@@ -1,0 +1,397 @@
+//! Domain types. Request DTOs are parsed into these at the edge; everything
+//! past the handlers works with values that are valid by construction.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Why a value was refused by one of the parsers below. The message is meant
+/// for the API client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+fn err(msg: impl Into<String>) -> ParseError {
+    ParseError(msg.into())
+}
+
+/// A tenant. Every key and every event belongs to exactly one account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(err("account must be 1-64 characters"));
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(err("account may only contain A-Z, a-z, 0-9, '-', '_' and '.'"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// 1–255 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EventType(String);
+
+impl EventType {
+    pub const MAX_CHARS: usize = 255;
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let n = s.chars().count();
+        if n == 0 || n > Self::MAX_CHARS {
+            return Err(err("must be 1-255 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(err("must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// At most 255 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Source(String);
+
+impl Source {
+    pub const MAX_CHARS: usize = 255;
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.chars().count() > Self::MAX_CHARS {
+            return Err(err("must be at most 255 characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Server-assigned, time-ordered (UUIDv7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct EventId(Uuid);
+
+impl EventId {
+    pub fn new_v7() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Any string that is not the hyphenated form of a UUIDv7 is not an event
+    /// id (the API answers 404 for it, not 400).
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 36 {
+            return None;
+        }
+        let u = Uuid::parse_str(s).ok()?;
+        (u.get_version_num() == 7).then_some(Self(u))
+    }
+
+    pub fn from_uuid(u: Uuid) -> Self {
+        Self(u)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// The text of a JSON object, exactly as it will be sent back (compact, key
+/// order and number digits as the client sent them).
+#[derive(Debug, Clone)]
+pub struct JsonObject(Box<RawValue>);
+
+impl JsonObject {
+    pub fn empty() -> Self {
+        Self(RawValue::from_string("{}".to_owned()).expect("'{}' is valid JSON"))
+    }
+
+    /// From text the store wrote earlier. Refuses anything that is not a
+    /// JSON object.
+    pub fn from_json_text(text: String) -> Result<Self, ParseError> {
+        if !text.trim_start().starts_with('{') {
+            return Err(err("not a JSON object"));
+        }
+        RawValue::from_string(text)
+            .map(Self)
+            .map_err(|e| err(format!("invalid JSON: {e}")))
+    }
+
+    /// From a parsed object: serialises it compactly.
+    pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let text = serde_json::to_string(map).expect("a JSON map always serialises");
+        Self(RawValue::from_string(text).expect("serde_json output is valid JSON"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.get() == "{}"
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).expect("JsonObject holds valid JSON")
+    }
+}
+
+impl PartialEq for JsonObject {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Serialize for JsonObject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// An event as stored and as served by GET.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub event_id: EventId,
+    #[serde(skip)]
+    pub account: AccountId,
+    pub event_type: EventType,
+    pub payload: JsonObject,
+    pub source: Option<Source>,
+    pub metadata: JsonObject,
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+    pub delivered: bool,
+    #[serde(with = "rfc3339_opt")]
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// RFC 3339 UTC with millisecond precision and a `Z`, the one format the API
+/// writes timestamps in.
+pub fn format_ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Truncates to whole milliseconds: what every store keeps and every
+/// response shows, so a stored value compares equal to the one served.
+pub fn trunc_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).expect("in range")
+}
+
+pub mod rfc3339 {
+    use chrono::{DateTime, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_ts(t))
+    }
+}
+
+pub mod rfc3339_opt {
+    use chrono::{DateTime, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::format_ts(t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// What a key may do. `creator` ingests, reads and acknowledges; `viewer`
+/// only reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Creator,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Creator => "creator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "creator" => Some(Role::Creator),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
+    /// Whether this role may perform an action that needs `needed`.
+    pub fn allows(self, needed: Role) -> bool {
+        match needed {
+            Role::Viewer => true,
+            Role::Creator => self == Role::Creator,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Inactive => "inactive",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "inactive" => Some(KeyStatus::Inactive),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// The public half of an API key: finds its record in O(1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub const LEN: usize = 16;
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == Self::LEN
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()))
+        .then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let s = s.trim();
+        let ok = s.len() <= 254
+            && s.split_once('@')
+                .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(err("not an email address"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A stored API key. The secret exists only as its bcrypt hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiKeyRecord {
+    pub key_id: KeyId,
+    pub account: AccountId,
+    pub email: Email,
+    pub role: Role,
+    pub status: KeyStatus,
+    pub rate_limit_per_minute: u32,
+    #[serde(skip)]
+    pub secret_hash: String,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_counts_characters_not_bytes() {
+        assert!(EventType::parse(&"é".repeat(255)).is_ok());
+        assert!(EventType::parse(&"é".repeat(256)).is_err());
+        assert!(EventType::parse("").is_err());
+        assert!(EventType::parse("a\u{7}b").is_err());
+    }
+
+    #[test]
+    fn event_ids_must_be_hyphenated_uuid_v7() {
+        let id = EventId::new_v7();
+        assert_eq!(EventId::parse(&id.to_string()), Some(id));
+        assert_eq!(EventId::parse("not-an-id"), None);
+        assert_eq!(EventId::parse(&Uuid::new_v4().to_string()), None);
+        assert_eq!(EventId::parse(&id.as_uuid().simple().to_string()), None);
+    }
+
+    #[test]
+    fn key_ids_are_sixteen_lowercase_alphanumerics() {
+        assert!(KeyId::parse("abcdefgh12345678").is_some());
+        assert!(KeyId::parse("ABCDEFGH12345678").is_none());
+        assert!(KeyId::parse("abc").is_none());
+    }
+
+    #[test]
+    fn json_object_text_must_be_an_object() {
+        assert!(JsonObject::from_json_text("[1]".into()).is_err());
+        assert!(JsonObject::from_json_text("{\"a\":1}".into()).is_ok());
+    }
+}

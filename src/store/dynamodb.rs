@@ -1,0 +1,1 @@
+//! DynamoDB backend (see docs/dynamodb.md).
