@@ -186,19 +186,29 @@ impl Serialize for JsonObject {
 }
 
 /// An event as stored and as served by GET.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Event {
+    #[schema(value_type = String, format = Uuid)]
     pub event_id: EventId,
     #[serde(skip)]
     pub account: AccountId,
+    #[schema(value_type = String)]
     pub event_type: EventType,
+    /// Exactly as sent: same values, types and number digits.
+    #[schema(value_type = Object)]
     pub payload: JsonObject,
+    #[schema(value_type = Option<String>)]
     pub source: Option<Source>,
+    /// `{}` when none was sent.
+    #[schema(value_type = Object)]
     pub metadata: JsonObject,
+    /// Server receive time, RFC 3339 UTC.
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub timestamp: DateTime<Utc>,
     pub delivered: bool,
     #[serde(with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 

@@ -1,1 +1,687 @@
-//! SQLite backend.
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! Writes go through one writer thread that commits in groups: it takes
+//! every write waiting in its queue (up to `MAX_BATCH`), runs each in its own
+//! savepoint inside one transaction, commits once (one fsync), and only then
+//! answers each caller. So a 2xx always follows a durable commit, yet the
+//! service is not serialised behind one fsync per request. Reads run on a
+//! small pool of connections on the blocking thread pool; WAL lets them
+//! proceed while the writer commits. Several processes (the server and the
+//! `keys` CLI) may open the same file: `BEGIN IMMEDIATE` plus a busy timeout
+//! serialise their writers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
+    StoreError,
+};
+use crate::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus, Role,
+    Source,
+};
+
+const MAX_BATCH: usize = 512;
+const QUEUE: usize = 8192;
+const READERS_KEPT: usize = 8;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const PURGE_CHUNK: i64 = 5000;
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        BLOB    NOT NULL UNIQUE,
+    account         TEXT    NOT NULL,
+    event_type      TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    source          TEXT,
+    metadata        TEXT    NOT NULL,
+    ts_ms           INTEGER NOT NULL,
+    delivered_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS events_inbox ON events (account, seq)
+    WHERE delivered_at_ms IS NULL;
+CREATE INDEX IF NOT EXISTS events_inbox_by_type ON events (account, event_type, seq)
+    WHERE delivered_at_ms IS NULL;
+CREATE INDEX IF NOT EXISTS events_delivered ON events (delivered_at_ms)
+    WHERE delivered_at_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dedup (
+    account     TEXT    NOT NULL,
+    fingerprint BLOB    NOT NULL,
+    event_id    BLOB    NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    PRIMARY KEY (account, fingerprint)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_ts ON dedup (ts_ms);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id        TEXT    PRIMARY KEY,
+    account       TEXT    NOT NULL,
+    email         TEXT    NOT NULL,
+    role          TEXT    NOT NULL,
+    status        TEXT    NOT NULL,
+    rate_limit    INTEGER NOT NULL,
+    secret_hash   TEXT    NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS api_keys_email ON api_keys (email);
+CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys (account, created_at_ms);
+CREATE TABLE IF NOT EXISTS secrets (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Why a group commit failed; the cause is logged by the writer.
+#[derive(Debug, thiserror::Error)]
+#[error("sqlite commit failed ({code:?})")]
+struct CommitFailed {
+    code: Option<rusqlite::ErrorCode>,
+}
+
+fn is_unavailable(code: Option<rusqlite::ErrorCode>) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        code,
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | CannotOpen
+                | ReadOnly
+                | OutOfMemory
+        )
+    )
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    if is_unavailable(e.sqlite_error_code()) {
+        StoreError::unavailable(e)
+    } else {
+        StoreError::internal(e)
+    }
+}
+
+fn map_ref(e: &rusqlite::Error) -> StoreError {
+    let code = e.sqlite_error_code();
+    let err = CommitFailed { code };
+    if is_unavailable(code) {
+        StoreError::unavailable(err)
+    } else {
+        StoreError::internal(err)
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Completion + Send>;
+
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<Path>,
+}
+
+fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // A commit is on disk (WAL fsynced) before COMMIT returns: a 201
+    // survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its folder.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(StoreError::unavailable)?;
+        }
+        let mut conn = open_conn(path).map_err(map_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(map_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt {
+                what: "database schema is newer than this binary",
+            });
+        }
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        tx.execute_batch(SCHEMA).map_err(map_err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(StoreError::internal)?;
+        Ok(Self {
+            jobs,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: Arc::from(path),
+        })
+    }
+
+    /// Runs `f` inside the next group commit; answers once it is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(map_ref(e)));
+                    return Box::new(|_| {});
+                }
+            };
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(map_ref(e)),
+                });
+            })
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::internal("sqlite writer stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::internal("sqlite writer dropped a job"))?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let taken = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match taken {
+                Some(c) => c,
+                None => open_conn(&path).map_err(map_err)?,
+            };
+            let out = f(&conn);
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READERS_KEPT {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(StoreError::internal)?
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(map_err)?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job").map_err(map_err)?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+                tracing::error!(error = &rb as &dyn std::error::Error, "savepoint rollback failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
+            for job in batch.drain(..) {
+                job(Err(&e));
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = batch.drain(..).map(|job| job(Ok(&conn))).collect();
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Err(e) => {
+                tracing::error!(error = &e as &dyn std::error::Error, "sqlite COMMIT failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                completions.into_iter().for_each(|c| c(Err(&e)));
+            }
+        }
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(v).ok_or(StoreError::Corrupt { what: "timestamp" })
+}
+
+fn id_bytes(id: &EventId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
+}
+
+const EVENT_COLS: &str =
+    "seq, event_id, account, event_type, payload, source, metadata, ts_ms, delivered_at_ms";
+
+fn row_to_event(row: &Row<'_>) -> Result<(i64, Event), StoreError> {
+    let get_err = |_| StoreError::Corrupt { what: "event row" };
+    let seq: i64 = row.get(0).map_err(get_err)?;
+    let id: Vec<u8> = row.get(1).map_err(get_err)?;
+    let id = uuid::Uuid::from_slice(&id).map_err(|_| StoreError::Corrupt { what: "event id" })?;
+    let account: String = row.get(2).map_err(get_err)?;
+    let event_type: String = row.get(3).map_err(get_err)?;
+    let payload: String = row.get(4).map_err(get_err)?;
+    let source: Option<String> = row.get(5).map_err(get_err)?;
+    let metadata: String = row.get(6).map_err(get_err)?;
+    let ts: i64 = row.get(7).map_err(get_err)?;
+    let delivered_at: Option<i64> = row.get(8).map_err(get_err)?;
+    let corrupt = |what| move |_| StoreError::Corrupt { what };
+    Ok((
+        seq,
+        Event {
+            event_id: EventId::from_uuid(id),
+            account: AccountId::parse(&account).map_err(corrupt("account"))?,
+            event_type: EventType::parse(&event_type).map_err(corrupt("event_type"))?,
+            payload: JsonObject::from_json_text(payload).map_err(corrupt("payload"))?,
+            source: source
+                .map(|s| Source::parse(&s))
+                .transpose()
+                .map_err(corrupt("source"))?,
+            metadata: JsonObject::from_json_text(metadata).map_err(corrupt("metadata"))?,
+            timestamp: from_ms(ts)?,
+            delivered: delivered_at.is_some(),
+            delivered_at: delivered_at.map(from_ms).transpose()?,
+        },
+    ))
+}
+
+fn row_to_key(row: &Row<'_>) -> Result<ApiKeyRecord, StoreError> {
+    let get_err = |_| StoreError::Corrupt { what: "key row" };
+    let key_id: String = row.get(0).map_err(get_err)?;
+    let account: String = row.get(1).map_err(get_err)?;
+    let email: String = row.get(2).map_err(get_err)?;
+    let role: String = row.get(3).map_err(get_err)?;
+    let status: String = row.get(4).map_err(get_err)?;
+    let rate_limit: i64 = row.get(5).map_err(get_err)?;
+    let secret_hash: String = row.get(6).map_err(get_err)?;
+    let created_at: i64 = row.get(7).map_err(get_err)?;
+    Ok(ApiKeyRecord {
+        key_id: KeyId::parse(&key_id).ok_or(StoreError::Corrupt { what: "key id" })?,
+        account: AccountId::parse(&account).map_err(|_| StoreError::Corrupt { what: "account" })?,
+        email: Email::parse(&email).map_err(|_| StoreError::Corrupt { what: "email" })?,
+        role: Role::parse(&role).ok_or(StoreError::Corrupt { what: "role" })?,
+        status: KeyStatus::parse(&status).ok_or(StoreError::Corrupt { what: "status" })?,
+        rate_limit_per_minute: u32::try_from(rate_limit)
+            .map_err(|_| StoreError::Corrupt { what: "rate limit" })?,
+        secret_hash,
+        created_at: from_ms(created_at)?,
+    })
+}
+
+const KEY_COLS: &str =
+    "key_id, account, email, role, status, rate_limit, secret_hash, created_at_ms";
+
+fn select_key(conn: &Connection, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {KEY_COLS} FROM api_keys WHERE key_id = ?1"))
+        .map_err(map_err)?;
+    let mut rows = stmt.query(params![key_id]).map_err(map_err)?;
+    match rows.next().map_err(map_err)? {
+        Some(row) => row_to_key(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn decode_position(p: &Position) -> Result<i64, StoreError> {
+    let bytes: [u8; 8] = p
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { what: "position" })?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            let fresh: [u8; 32] = rand::random();
+            c.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                params![name, fresh.as_slice()],
+            )
+            .map_err(map_err)?;
+            let v: Vec<u8> = c
+                .query_row("SELECT value FROM secrets WHERE name = ?1", params![name], |r| r.get(0))
+                .map_err(map_err)?;
+            v.try_into().map_err(|_| StoreError::Corrupt { what: "secret" })
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let k = key.clone();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    &format!("INSERT OR IGNORE INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                    params![
+                        k.key_id.as_str(),
+                        k.account.as_str(),
+                        k.email.as_str(),
+                        k.role.as_str(),
+                        k.status.as_str(),
+                        k.rate_limit_per_minute,
+                        k.secret_hash,
+                        ms(k.created_at)
+                    ],
+                )
+                .map_err(map_err)?;
+            if n == 0 {
+                Err(StoreError::Conflict)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn get_key(&self, key_id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let id = key_id.clone();
+        self.read(move |c| select_key(c, id.as_str())).await
+    }
+
+    async fn list_keys(&self, account: Option<&AccountId>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let account = account.cloned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE ?1 IS NULL OR account = ?1 ORDER BY created_at_ms, key_id"
+                ))
+                .map_err(map_err)?;
+            let mut rows = stmt
+                .query(params![account.as_ref().map(AccountId::as_str)])
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(map_err)? {
+                out.push(row_to_key(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_key(&self, key_id: &KeyId, change: KeyChange) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let id = key_id.clone();
+        self.write(move |c| {
+            let n = match change {
+                KeyChange::Status(s) => c.execute(
+                    "UPDATE api_keys SET status = ?2 WHERE key_id = ?1",
+                    params![id.as_str(), s.as_str()],
+                ),
+                KeyChange::RateLimit(n) => c.execute(
+                    "UPDATE api_keys SET rate_limit = ?2 WHERE key_id = ?1",
+                    params![id.as_str(), n],
+                ),
+            }
+            .map_err(map_err)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            select_key(c, id.as_str())
+        })
+        .await
+    }
+
+    async fn revoke_keys_by_email(&self, email: &Email) -> Result<Vec<KeyId>, StoreError> {
+        let email = email.clone();
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached("UPDATE api_keys SET status = 'revoked' WHERE email = ?1 RETURNING key_id")
+                .map_err(map_err)?;
+            let mut rows = stmt.query(params![email.as_str()]).map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let id: String = row.get(0).map_err(map_err)?;
+                out.push(KeyId::parse(&id).ok_or(StoreError::Corrupt { what: "key id" })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn insert_event(&self, e: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
+        let window_ms = i64::try_from(dedup.window.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |c| {
+            let account = e.account.as_str();
+            let ts = ms(e.timestamp);
+            let prior: Option<(Vec<u8>, i64)> = c
+                .prepare_cached("SELECT event_id, ts_ms FROM dedup WHERE account = ?1 AND fingerprint = ?2")
+                .map_err(map_err)?
+                .query_row(params![account, dedup.fingerprint.0.as_slice()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(map_err)?;
+            if let Some((id, orig_ts)) = prior {
+                if orig_ts.saturating_add(window_ms) > ts {
+                    let id = uuid::Uuid::from_slice(&id)
+                        .map_err(|_| StoreError::Corrupt { what: "dedup event id" })?;
+                    return Ok(Inserted::Duplicate {
+                        event_id: EventId::from_uuid(id),
+                        timestamp: from_ms(orig_ts)?,
+                    });
+                }
+            }
+            let id = id_bytes(&e.event_id);
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO dedup (account, fingerprint, event_id, ts_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(map_err)?
+            .execute(params![account, dedup.fingerprint.0.as_slice(), id.as_slice(), ts])
+            .map_err(map_err)?;
+            c.prepare_cached(
+                "INSERT INTO events (event_id, account, event_type, payload, source, metadata, ts_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                id.as_slice(),
+                account,
+                e.event_type.as_str(),
+                e.payload.as_str(),
+                e.source.as_ref().map(Source::as_str),
+                e.metadata.as_str(),
+                ts
+            ])
+            .map_err(map_err)?;
+            Ok(Inserted::Created)
+        })
+        .await
+    }
+
+    async fn get_event(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError> {
+        let (account, id, cutoff) = (account.clone(), id_bytes(event_id), ms(delivered_cutoff));
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE event_id = ?1 AND account = ?2 \
+                     AND (delivered_at_ms IS NULL OR delivered_at_ms > ?3)"
+                ))
+                .map_err(map_err)?;
+            let mut rows = stmt
+                .query(params![id.as_slice(), account.as_str(), cutoff])
+                .map_err(map_err)?;
+            match rows.next().map_err(map_err)? {
+                Some(row) => Ok(Some(row_to_event(row)?.1)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn inbox(&self, account: &AccountId, q: &InboxQuery) -> Result<InboxPage, StoreError> {
+        let after = q.after.as_ref().map(decode_position).transpose()?.unwrap_or(0);
+        let (account, event_type, limit) = (account.clone(), q.event_type.clone(), q.limit);
+        self.read(move |c| {
+            let sql = if event_type.is_some() {
+                format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND event_type = ?4 \
+                     AND delivered_at_ms IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
+                )
+            } else {
+                format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND ?4 IS NULL \
+                     AND delivered_at_ms IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
+                )
+            };
+            let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
+            let mut rows = stmt
+                .query(params![
+                    account.as_str(),
+                    after,
+                    i64::from(limit) + 1,
+                    event_type.as_ref().map(EventType::as_str)
+                ])
+                .map_err(map_err)?;
+            let mut events = Vec::with_capacity(limit as usize + 1);
+            let mut last_seq = None;
+            let mut has_more = false;
+            while let Some(row) = rows.next().map_err(map_err)? {
+                if events.len() == limit as usize {
+                    has_more = true;
+                    break;
+                }
+                let (seq, ev) = row_to_event(row)?;
+                last_seq = Some(seq);
+                events.push(ev);
+            }
+            Ok(InboxPage {
+                events,
+                has_more,
+                last: last_seq.map(|s| Position(s.to_be_bytes().to_vec())),
+            })
+        })
+        .await
+    }
+
+    async fn ack_event(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        now: DateTime<Utc>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<AckOutcome, StoreError> {
+        let (account, id) = (account.clone(), id_bytes(event_id));
+        let (now, cutoff) = (ms(now), ms(delivered_cutoff));
+        self.write(move |c| {
+            let state: Option<Option<i64>> = c
+                .prepare_cached("SELECT delivered_at_ms FROM events WHERE event_id = ?1 AND account = ?2")
+                .map_err(map_err)?
+                .query_row(params![id.as_slice(), account.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(map_err)?;
+            match state {
+                None => Ok(AckOutcome::NotFound),
+                Some(Some(at)) if at <= cutoff => Ok(AckOutcome::NotFound),
+                Some(Some(_)) => Ok(AckOutcome::AlreadyDelivered),
+                Some(None) => {
+                    c.prepare_cached(
+                        "UPDATE events SET delivered_at_ms = ?3 WHERE event_id = ?1 AND account = ?2 \
+                         AND delivered_at_ms IS NULL",
+                    )
+                    .map_err(map_err)?
+                    .execute(params![id.as_slice(), account.as_str(), now])
+                    .map_err(map_err)?;
+                    Ok(AckOutcome::Acknowledged)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn purge(&self, delivered_cutoff: DateTime<Utc>, dedup_cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let (dc, fc) = (ms(delivered_cutoff), ms(dedup_cutoff));
+        let mut total = 0u64;
+        // In chunks, so one purge never holds the writer for long.
+        loop {
+            let (events, dedups) = self
+                .write(move |c| {
+                    let events = c
+                        .execute(
+                            "DELETE FROM events WHERE seq IN (SELECT seq FROM events \
+                             WHERE delivered_at_ms IS NOT NULL AND delivered_at_ms <= ?1 LIMIT ?2)",
+                            params![dc, PURGE_CHUNK],
+                        )
+                        .map_err(map_err)?;
+                    let dedups = c
+                        .execute(
+                            "DELETE FROM dedup WHERE (account, fingerprint) IN (SELECT account, fingerprint \
+                             FROM dedup WHERE ts_ms <= ?1 LIMIT ?2)",
+                            params![fc, PURGE_CHUNK],
+                        )
+                        .map_err(map_err)?;
+                    Ok((events as u64, dedups as u64))
+                })
+                .await?;
+            total += events;
+            if events < PURGE_CHUNK as u64 && dedups < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

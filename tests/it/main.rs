@@ -1,1 +1,12 @@
+//! The one integration-test binary.
+//!
+//! `conformance::sqlite::*` and `conformance::dynamodb::*` are the same
+//! HTTP conformance suite run against each backend (`make test` prints how
+//! many ran against which).
 
+mod cli;
+mod conformance;
+mod fixtures;
+mod props;
+mod resilience;
+mod support;

@@ -1,0 +1,276 @@
+//! All configuration: one typed struct per command, flags with env twins,
+//! read once in `main` and passed down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::{KeyStatus, Role};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "triggers-api",
+    version,
+    about = "Triggers API: ingest events, read an account's inbox, acknowledge them",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve`'s options, for running without a subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (the default).
+    Serve(ServeArgs),
+    /// Manage API keys.
+    Keys {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// DynamoDB administration.
+    Dynamodb {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: DynamoCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Requests per minute for this key [default: --default-rate-limit].
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id, or every key of an owner with --email.
+    Revoke {
+        #[arg(required_unless_present = "email", conflicts_with = "email")]
+        key_id: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Set a key's status to active or inactive.
+    SetStatus {
+        key_id: String,
+        #[arg(value_parser = parse_settable_status)]
+        status: KeyStatus,
+    },
+    /// Set a key's requests-per-minute limit.
+    SetRateLimit {
+        key_id: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        per_minute: u32,
+    },
+}
+
+fn parse_settable_status(s: &str) -> Result<KeyStatus, String> {
+    match s {
+        "active" => Ok(KeyStatus::Active),
+        "inactive" => Ok(KeyStatus::Inactive),
+        _ => Err("expected 'active' or 'inactive' (use 'keys revoke' to revoke)".into()),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DynamoCommand {
+    /// Create the tables (idempotent) with TTL enabled.
+    CreateTables {
+        /// Table prefix; overrides the one in --store.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Dynamodb { table_prefix: String },
+}
+
+impl FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, e.g. sqlite://./data/triggers.db".into());
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if let Some(prefix) = s.strip_prefix("dynamodb://") {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 200
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err("dynamodb:// needs a table prefix of A-Z a-z 0-9 - _ .".into());
+            }
+            Ok(Self::Dynamodb {
+                table_prefix: prefix.to_owned(),
+            })
+        } else {
+            Err("expected sqlite://PATH or dynamodb://TABLE_PREFIX".into())
+        }
+    }
+}
+
+/// Options every command that opens the store shares.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The store: sqlite://PATH (embedded) or dynamodb://TABLE_PREFIX.
+    #[arg(long, env = "TRIGGERS_STORE", default_value = "sqlite://./data/triggers.db")]
+    pub store: StoreUrl,
+    /// Budget for one store call, in milliseconds; past it the API answers 503.
+    #[arg(long, env = "TRIGGERS_STORE_TIMEOUT_MS", default_value_t = 5000)]
+    pub store_timeout_ms: u64,
+    /// bcrypt cost for new keys (4-31).
+    #[arg(long, env = "TRIGGERS_BCRYPT_COST", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+    /// Requests per minute for keys created without --rate-limit.
+    #[arg(long, env = "TRIGGERS_DEFAULT_RATE_LIMIT", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub default_rate_limit: u32,
+}
+
+impl StoreArgs {
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long, env = "TRIGGERS_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Log format (JSON lines by default); the level comes from RUST_LOG.
+    #[arg(long, env = "TRIGGERS_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "TRIGGERS_MAX_BODY_BYTES", default_value_t = 512 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest serialized payload, in bytes.
+    #[arg(long, env = "TRIGGERS_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Deduplication window, in seconds.
+    #[arg(long, env = "TRIGGERS_DEDUP_WINDOW_SECS", default_value_t = 300)]
+    pub dedup_window_secs: u64,
+    /// How long acknowledged events stay readable, in seconds (30 days).
+    #[arg(long, env = "TRIGGERS_DELIVERED_RETENTION_SECS", default_value_t = 30 * 24 * 3600)]
+    pub delivered_retention_secs: u64,
+    /// How often the purge of expired delivered events runs, in seconds.
+    #[arg(long, env = "TRIGGERS_PURGE_INTERVAL_SECS", default_value_t = 60)]
+    pub purge_interval_secs: u64,
+    /// How long a verified key is served from memory (bounds how long a
+    /// revoked key keeps working), in seconds.
+    #[arg(long, env = "TRIGGERS_AUTH_CACHE_SECS", default_value_t = 30)]
+    pub auth_cache_secs: u64,
+    /// Budget for a whole request, in seconds.
+    #[arg(long, env = "TRIGGERS_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// DynamoDB: create the tables at start if they are missing.
+    #[arg(long, env = "TRIGGERS_CREATE_TABLES")]
+    pub create_tables: bool,
+}
+
+/// The subset of configuration the running service needs; tests build it
+/// directly.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    pub max_payload_bytes: usize,
+    pub dedup_window: Duration,
+    pub delivered_retention: Duration,
+    pub auth_cache_ttl: Duration,
+    pub store_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 512 * 1024,
+            max_payload_bytes: 256 * 1024,
+            dedup_window: Duration::from_secs(300),
+            delivered_retention: Duration::from_secs(30 * 24 * 3600),
+            auth_cache_ttl: Duration::from_secs(30),
+            store_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl From<&ServeArgs> for Settings {
+    fn from(a: &ServeArgs) -> Self {
+        Self {
+            max_body_bytes: a.max_body_bytes,
+            max_payload_bytes: a.max_payload_bytes,
+            dedup_window: Duration::from_secs(a.dedup_window_secs),
+            delivered_retention: Duration::from_secs(a.delivered_retention_secs),
+            auth_cache_ttl: Duration::from_secs(a.auth_cache_secs),
+            store_timeout: a.store.store_timeout(),
+            request_timeout: Duration::from_secs(a.request_timeout_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse_or_explain() {
+        assert_eq!(
+            "sqlite://./x.db".parse::<StoreUrl>(),
+            Ok(StoreUrl::Sqlite("./x.db".into()))
+        );
+        assert!(matches!(
+            "dynamodb://prod".parse::<StoreUrl>(),
+            Ok(StoreUrl::Dynamodb { .. })
+        ));
+        assert!("postgres://x".parse::<StoreUrl>().is_err());
+        assert!("dynamodb://".parse::<StoreUrl>().is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,321 @@
+//! Extractors whose every rejection is an `ApiError` (so every 4xx has the
+//! problem+json shape), and the parsers that turn request DTOs into domain
+//! values.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::domain::{EventId, EventType, JsonObject, Source};
+use crate::error::{ApiError, FieldError};
+use crate::service::CreateEvent;
+use crate::state::AppState;
+use crate::store::Position;
+
+/// The deepest nesting a payload or metadata object may have (the object
+/// itself is level 1). The request body adds one level around them.
+pub const MAX_DEPTH: usize = 128;
+
+/// How deeply `bytes` nest arrays and objects, counted without parsing (so
+/// a hostile body cannot exhaust the stack); stops counting past `cap`.
+pub fn nesting_depth(bytes: &[u8], cap: usize) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    max = depth;
+                    if max > cap {
+                        return max;
+                    }
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn is_json_content_type(v: Option<&header::HeaderValue>) -> bool {
+    let Some(v) = v.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// A request body that is a JSON object, read within the body limit.
+pub struct JsonObjectBody(pub Map<String, Value>);
+
+impl FromRequest<AppState> for JsonObjectBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json_content_type(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = state.settings.max_body_bytes;
+        let too_large = || {
+            ApiError::PayloadTooLarge(format!("The request body exceeds {limit} bytes."))
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        // The limit holds on the bytes actually read, whatever the headers said.
+        let bytes = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+            Err(_) => return Err(ApiError::validation("body", "the request body could not be read")),
+        };
+        if nesting_depth(&bytes, MAX_DEPTH + 1) > MAX_DEPTH + 1 {
+            return Err(ApiError::validation(
+                "body",
+                format!("JSON nesting deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        // Safe: the depth was bounded above.
+        de.disable_recursion_limit();
+        let value = Value::deserialize(&mut de)
+            .and_then(|v| de.end().map(|()| v))
+            .map_err(|e| ApiError::validation("body", format!("malformed JSON: {e}")))?;
+        match value {
+            Value::Object(map) => Ok(Self(map)),
+            _ => Err(ApiError::validation("body", "must be a JSON object")),
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl CreateEvent {
+    pub const FIELDS: [&'static str; 4] = ["event_type", "payload", "source", "metadata"];
+
+    /// Parses a POST /events body, reporting every invalid field at once.
+    pub fn parse(mut body: Map<String, Value>, max_payload_bytes: usize) -> Result<Self, ApiError> {
+        let mut errors = Vec::new();
+        for k in body.keys() {
+            if !Self::FIELDS.contains(&k.as_str()) {
+                errors.push(FieldError::new(k.clone(), "unknown field"));
+            }
+        }
+        let event_type = match body.get("event_type") {
+            None => {
+                errors.push(FieldError::new("event_type", "is required"));
+                None
+            }
+            Some(Value::String(s)) => EventType::parse(s)
+                .map_err(|e| errors.push(FieldError::new("event_type", e.0)))
+                .ok(),
+            Some(v) => {
+                errors.push(FieldError::new("event_type", format!("must be a string, not {}", type_name(v))));
+                None
+            }
+        };
+        let payload = match body.remove("payload") {
+            None => {
+                errors.push(FieldError::new("payload", "is required"));
+                None
+            }
+            Some(Value::Object(m)) => Some(m),
+            Some(v) => {
+                errors.push(FieldError::new("payload", format!("must be a JSON object, not {}", type_name(&v))));
+                None
+            }
+        };
+        let source = match body.get("source") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Source::parse(s)
+                .map_err(|e| errors.push(FieldError::new("source", e.0)))
+                .ok(),
+            Some(v) => {
+                errors.push(FieldError::new("source", format!("must be a string, not {}", type_name(v))));
+                None
+            }
+        };
+        let metadata = match body.get("metadata") {
+            None | Some(Value::Null) => Some(JsonObject::empty()),
+            Some(Value::Object(m)) => Some(JsonObject::from_map(m)),
+            Some(v) => {
+                errors.push(FieldError::new("metadata", format!("must be a JSON object, not {}", type_name(v))));
+                None
+            }
+        };
+        match (event_type, payload, metadata) {
+            (Some(event_type), Some(payload), Some(metadata)) if errors.is_empty() => {
+                let payload_json = JsonObject::from_map(&payload);
+                if payload_json.len() > max_payload_bytes {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "The serialized payload exceeds {max_payload_bytes} bytes."
+                    )));
+                }
+                Ok(Self {
+                    event_type,
+                    payload,
+                    payload_json,
+                    source,
+                    metadata,
+                })
+            }
+            _ => Err(ApiError::Validation(errors)),
+        }
+    }
+}
+
+/// GET /inbox's query, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxParams {
+    pub limit: u32,
+    pub cursor: Option<String>,
+    pub event_type: Option<EventType>,
+}
+
+impl InboxParams {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 200;
+
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|_| ApiError::validation("query", "the query string is malformed"))?;
+        let mut errors = Vec::new();
+        let mut seen = Vec::new();
+        let mut out = Self {
+            limit: Self::DEFAULT_LIMIT,
+            cursor: None,
+            event_type: None,
+        };
+        for (k, v) in pairs {
+            if seen.contains(&k) {
+                errors.push(FieldError::new(k, "given more than once"));
+                continue;
+            }
+            seen.push(k.clone());
+            match k.as_str() {
+                "limit" => match v.parse::<u32>() {
+                    Ok(n) if (1..=Self::MAX_LIMIT).contains(&n) => out.limit = n,
+                    _ => errors.push(FieldError::new("limit", "must be an integer from 1 to 200")),
+                },
+                "cursor" => out.cursor = (!v.is_empty()).then_some(v),
+                "event_type" => match EventType::parse(&v) {
+                    Ok(t) => out.event_type = Some(t),
+                    Err(e) => errors.push(FieldError::new("event_type", e.0)),
+                },
+                _ => errors.push(FieldError::new(k, "unknown query parameter")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(ApiError::Validation(errors))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for InboxParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        Self::parse(parts.uri.query())
+    }
+}
+
+/// The `{id}` path segment as an event id; anything else is a 404.
+pub struct EventIdParam(pub EventId);
+
+impl FromRequestParts<AppState> for EventIdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound)?;
+        EventId::parse(&raw).map(Self).ok_or(ApiError::NotFound)
+    }
+}
+
+/// Decodes a cursor for `account`.
+pub fn decode_cursor(
+    state: &AppState,
+    account: &crate::domain::AccountId,
+    cursor: Option<&str>,
+) -> Result<Option<Position>, ApiError> {
+    cursor
+        .map(|c| state.cursors.decode(account, c).map_err(|_| ApiError::InvalidCursor))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":"[[[{{"}]}"#, 10), 3);
+        assert_eq!(nesting_depth(br#""\"[""#, 10), 0);
+        assert_eq!(nesting_depth(b"[[[[[[", 3), 4);
+    }
+
+    #[test]
+    fn inbox_limit_must_be_in_range() {
+        assert_eq!(InboxParams::parse(None).unwrap().limit, 50);
+        assert_eq!(InboxParams::parse(Some("limit=200")).unwrap().limit, 200);
+        for bad in ["limit=0", "limit=201", "limit=abc", "limit=-1", "limit=", "limit=1.5"] {
+            assert!(InboxParams::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn limits_parse_exactly_when_in_range(n in -1000i64..1000) {
+            let r = InboxParams::parse(Some(&format!("limit={n}")));
+            prop_assert_eq!(r.is_ok(), (1..=200).contains(&n));
+        }
+
+        #[test]
+        fn depth_matches_a_parser_on_nested_arrays(d in 1usize..300) {
+            let s = format!("{}{}", "[".repeat(d), "]".repeat(d));
+            prop_assert_eq!(nesting_depth(s.as_bytes(), 1000), d);
+        }
+
+        #[test]
+        fn event_body_parsing_never_panics(body in proptest::collection::hash_map(
+            "[a-z_]{1,12}",
+            prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::Bool), ".{0,8}".prop_map(Value::String)],
+            0..6,
+        )) {
+            let map: Map<String, Value> = body.into_iter().collect();
+            let _ = CreateEvent::parse(map, 1024);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Key management: what the `keys` CLI (and the tests) call.
+
+use chrono::Utc;
+
+use crate::apikey::NewKey;
+use crate::domain::{trunc_ms, AccountId, ApiKeyRecord, Email, KeyId, KeyStatus, Role};
+use crate::store::{KeyChange, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("no key with id {0}")]
+    UnknownKey(String),
+    #[error("no key belongs to {0}")]
+    UnknownEmail(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A created key: the record, and the key itself (shown once).
+pub struct CreatedKey {
+    pub record: ApiKeyRecord,
+    pub token: String,
+}
+
+pub async fn create(
+    store: &dyn Store,
+    account: &str,
+    email: &str,
+    role: Role,
+    rate_limit_per_minute: u32,
+    bcrypt_cost: u32,
+) -> Result<CreatedKey, KeyError> {
+    let account = AccountId::parse(account).map_err(|e| KeyError::Invalid {
+        field: "account",
+        message: e.0,
+    })?;
+    let email = Email::parse(email).map_err(|e| KeyError::Invalid {
+        field: "email",
+        message: e.0,
+    })?;
+    if rate_limit_per_minute == 0 {
+        return Err(KeyError::Invalid {
+            field: "rate limit",
+            message: "must be at least 1".into(),
+        });
+    }
+    loop {
+        let key = NewKey::generate();
+        let secret = key.secret.clone();
+        let hash = tokio::task::spawn_blocking(move || bcrypt::hash(secret, bcrypt_cost))
+            .await
+            .map_err(StoreError::internal)?
+            .map_err(|e| KeyError::Invalid {
+                field: "bcrypt cost",
+                message: e.to_string(),
+            })?;
+        let record = ApiKeyRecord {
+            key_id: key.key_id.clone(),
+            account: account.clone(),
+            email: email.clone(),
+            role,
+            status: KeyStatus::Active,
+            rate_limit_per_minute,
+            secret_hash: hash,
+            created_at: trunc_ms(Utc::now()),
+        };
+        match store.create_key(&record).await {
+            Ok(()) => {
+                return Ok(CreatedKey {
+                    record,
+                    token: key.token(),
+                })
+            }
+            // A key id collision (1 in 36^16): draw again.
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn parse_id(key_id: &str) -> Result<KeyId, KeyError> {
+    KeyId::parse(key_id).ok_or_else(|| KeyError::UnknownKey(key_id.to_owned()))
+}
+
+pub async fn update(store: &dyn Store, key_id: &str, change: KeyChange) -> Result<ApiKeyRecord, KeyError> {
+    let id = parse_id(key_id)?;
+    store
+        .update_key(&id, change)
+        .await?
+        .ok_or_else(|| KeyError::UnknownKey(key_id.to_owned()))
+}
+
+pub async fn revoke_by_email(store: &dyn Store, email: &str) -> Result<Vec<KeyId>, KeyError> {
+    let parsed = Email::parse(email).map_err(|e| KeyError::Invalid {
+        field: "email",
+        message: e.0,
+    })?;
+    let ids = store.revoke_keys_by_email(&parsed).await?;
+    if ids.is_empty() {
+        return Err(KeyError::UnknownEmail(email.to_owned()));
+    }
+    Ok(ids)
+}

@@ -1,0 +1,42 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{events, meta};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Triggers API",
+        description = "Systems POST events; each account's consumers read their inbox of undelivered events and acknowledge them."
+    ),
+    paths(
+        meta::index, meta::status, meta::metrics, meta::openapi, meta::docs,
+        events::create_event, events::list_inbox, events::get_event, events::ack_event,
+    ),
+    components(schemas(crate::error::ErrorCode, crate::error::FieldError)),
+    modifiers(&Security),
+    tags(
+        (name = "events", description = "Ingest, read and acknowledge events"),
+        (name = "inbox", description = "An account's undelivered events"),
+        (name = "meta", description = "Service information"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}

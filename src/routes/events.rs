@@ -1,0 +1,196 @@
+//! POST /events, GET /inbox, GET and DELETE /events/{id} (aliased under
+//! /inbox/{id}). Every route here sits behind `auth::require_key`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::domain::{format_ts, Event, Role};
+use crate::error::{ApiError, Problem};
+use crate::extract::{decode_cursor, EventIdParam, InboxParams, JsonObjectBody};
+use crate::service::CreateEvent;
+use crate::state::AppState;
+use crate::store::{AckOutcome, InboxQuery};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/events", post(create_event))
+        .route("/inbox", get(list_inbox))
+        .route("/events/{id}", get(get_event).delete(ack_event))
+        .route("/inbox/{id}", get(get_event).delete(ack_event))
+}
+
+/// The body of POST /events (documentation of the accepted shape).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CreateEventRequest {
+    /// 1–255 characters, no control characters.
+    #[schema(min_length = 1, max_length = 255)]
+    event_type: String,
+    /// Any JSON object; at most 256 KiB serialized, nesting at most 128 deep.
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+    /// At most 255 characters.
+    #[schema(max_length = 255)]
+    source: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventAccepted {
+    #[schema(format = Uuid)]
+    pub event_id: String,
+    /// Always "accepted".
+    pub status: &'static str,
+    /// Server receive time of the (original) event, RFC 3339 UTC.
+    pub timestamp: String,
+    /// True when this request repeated an event sent within the dedup window;
+    /// `event_id` is then the original's.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pagination {
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+    /// False only on the last page.
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxResponse {
+    pub events: Vec<Event>,
+    pub pagination: Pagination,
+}
+
+/// Ingest an event (deduplicated).
+#[utoipa::path(post, path = "/events", tag = "events",
+    request_body(content = CreateEventRequest, content_type = "application/json"),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 201, description = "Created", body = EventAccepted,
+         headers(("Location" = String, description = "/events/{event_id}"))),
+        (status = 200, description = "Duplicate of an event sent within the window", body = EventAccepted),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_event(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonObjectBody(body): JsonObjectBody,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Creator)?;
+    let req = CreateEvent::parse(body, state.settings.max_payload_bytes)?;
+    let out = state.ingest(&caller.account, req).await?;
+    let status = if out.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let location = HeaderValue::try_from(format!("/events/{}", out.event_id))
+        .map_err(|_| ApiError::Internal)?;
+    let body = EventAccepted {
+        event_id: out.event_id.to_string(),
+        status: "accepted",
+        timestamp: format_ts(&out.timestamp),
+        duplicate: out.duplicate,
+    };
+    Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+/// The caller's undelivered events, oldest first.
+#[utoipa::path(get, path = "/inbox", tag = "inbox",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor from the previous page"),
+        ("event_type" = Option<String>, Query, description = "Only events of this type"),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, body = InboxResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_inbox(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    params: InboxParams,
+) -> Result<Json<InboxResponse>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let query = InboxQuery {
+        after: decode_cursor(&state, &caller.account, params.cursor.as_deref())?,
+        event_type: params.event_type,
+        limit: params.limit,
+    };
+    let page = state.inbox(&caller.account, &query).await?;
+    let next_cursor = match (&page.last, page.has_more) {
+        (Some(pos), true) => Some(state.cursors.encode(&caller.account, pos)),
+        _ => None,
+    };
+    Ok(Json(InboxResponse {
+        events: page.events,
+        pagination: Pagination {
+            next_cursor,
+            has_more: page.has_more,
+        },
+    }))
+}
+
+/// One event, delivered or not (delivered ones until retention ends).
+#[utoipa::path(get, path = "/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "event_id (also served at /inbox/{id})")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, body = Event),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    EventIdParam(id): EventIdParam,
+) -> Result<Json<Event>, ApiError> {
+    caller.require(Role::Viewer)?;
+    state
+        .get_event(&caller.account, &id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+/// Acknowledge an event: it leaves the inbox. Idempotent.
+#[utoipa::path(delete, path = "/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "event_id (also served at /inbox/{id})")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 204, description = "Acknowledged (or already was)"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ack_event(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    EventIdParam(id): EventIdParam,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Creator)?;
+    match state.ack(&caller.account, &id).await? {
+        AckOutcome::Acknowledged | AckOutcome::AlreadyDelivered => Ok(StatusCode::NO_CONTENT),
+        AckOutcome::NotFound => Err(ApiError::NotFound),
+    }
+}

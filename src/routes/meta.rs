@@ -1,0 +1,125 @@
+//! Unauthenticated routes: service index, status, metrics, OpenAPI and docs.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::openapi::ApiDoc;
+use crate::state::AppState;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const STATUS_PING_BUDGET: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Index {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub links: Links,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Links {
+    pub docs: &'static str,
+    pub openapi: &'static str,
+    pub status: &'static str,
+    pub metrics: &'static str,
+}
+
+/// Service name, version and links.
+#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, body = Index)))]
+pub async fn index() -> Json<Index> {
+    Json(Index {
+        name: "triggers-api",
+        version: VERSION,
+        links: Links {
+            docs: "/docs",
+            openapi: "/openapi.json",
+            status: "/status",
+            metrics: "/metrics",
+        },
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// "sqlite" or "dynamodb".
+    pub backend: &'static str,
+    pub reachable: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// "ok" or "degraded".
+    pub status: &'static str,
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    pub store: StoreStatus,
+}
+
+/// Health: 200 when the store answers, 503 "degraded" when it does not.
+#[utoipa::path(get, path = "/status", tag = "meta", responses(
+    (status = 200, body = Status), (status = 503, body = Status)))]
+pub async fn status(State(state): State<AppState>) -> Response {
+    let reachable = matches!(
+        tokio::time::timeout(STATUS_PING_BUDGET, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let body = Status {
+        status: if reachable { "ok" } else { "degraded" },
+        version: VERSION,
+        uptime_seconds: state.started.elapsed().as_secs(),
+        store: StoreStatus {
+            backend: state.store.backend(),
+            reachable,
+        },
+    };
+    if reachable {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(body),
+        )
+            .into_response()
+    }
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// A page rendering the OpenAPI document; works offline (no CDN).
+#[utoipa::path(get, path = "/docs", tag = "meta",
+    responses((status = 200, description = "HTML", content_type = "text/html")))]
+pub async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}

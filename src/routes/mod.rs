@@ -1,0 +1,4 @@
+//! Each resource module owns its router; `crate::app` merges and layers them.
+
+pub mod events;
+pub mod meta;

@@ -1,0 +1,239 @@
+//! The binary: `keys` commands, the first-start hint, the server and the
+//! CLI on one store at once, and durability across kill -9.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_triggers-api");
+
+fn cli(store: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("TRIGGERS_STORE", store)
+        .env("TRIGGERS_BCRYPT_COST", "4")
+        .output()
+        .expect("run the binary")
+}
+
+fn ok_json(out: std::process::Output) -> Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn temp_store() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    (dir, url)
+}
+
+#[test]
+fn keys_create_prints_the_key_once_and_list_never_shows_secrets() {
+    let (_dir, store) = temp_store();
+    let created = ok_json(cli(&store, &[
+        "keys", "create", "--account", "acme", "--email", "ops@acme.example", "--role", "creator",
+        "--rate-limit", "250", "--json",
+    ]));
+    let key = created["key"].as_str().unwrap();
+    let key_id = created["key_id"].as_str().unwrap();
+    assert!(key.starts_with(&format!("trg_{key_id}_")));
+    assert_eq!(created["rate_limit_per_minute"], 250);
+    assert_eq!(created["role"], "creator");
+    assert_eq!(created["status"], "active");
+
+    let listed = cli(&store, &["keys", "list", "--json"]);
+    let text = String::from_utf8(listed.stdout.clone()).unwrap();
+    assert!(!text.contains(&key[20..]), "a secret leaked into keys list");
+    let list = ok_json(listed);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["key_id"], key_id);
+    assert!(list[0].get("key").is_none() && list[0].get("secret_hash").is_none());
+
+    let plain = cli(&store, &["keys", "list"]);
+    assert!(plain.status.success());
+    assert!(String::from_utf8(plain.stdout).unwrap().contains(key_id));
+}
+
+#[test]
+fn keys_can_be_revoked_deactivated_and_limited_with_clear_errors_for_unknown_ids() {
+    let (_dir, store) = temp_store();
+    let mk = |email: &str| {
+        ok_json(cli(&store, &["keys", "create", "--account", "acme", "--email", email, "--role", "viewer", "--json"]))
+    };
+    let a = mk("a@acme.example");
+    let b1 = mk("b@acme.example");
+    let b2 = mk("b@acme.example");
+    let a_id = a["key_id"].as_str().unwrap();
+
+    assert!(cli(&store, &["keys", "set-status", a_id, "inactive"]).status.success());
+    assert!(cli(&store, &["keys", "set-rate-limit", a_id, "9"]).status.success());
+    let out = cli(&store, &["keys", "revoke", "--email", "b@acme.example"]);
+    assert!(out.status.success());
+    let list = ok_json(cli(&store, &["keys", "list", "--account", "acme", "--json"]));
+    let find = |id: &Value| list.as_array().unwrap().iter().find(|k| k["key_id"] == *id).unwrap().clone();
+    assert_eq!(find(&a["key_id"])["status"], "inactive");
+    assert_eq!(find(&a["key_id"])["rate_limit_per_minute"], 9);
+    assert_eq!(find(&b1["key_id"])["status"], "revoked");
+    assert_eq!(find(&b2["key_id"])["status"], "revoked");
+    assert!(cli(&store, &["keys", "revoke", a_id]).status.success());
+
+    for args in [
+        vec!["keys", "revoke", "zzzzzzzzzzzzzzzz"],
+        vec!["keys", "set-status", "nope", "active"],
+        vec!["keys", "set-rate-limit", "zzzzzzzzzzzzzzzz", "5"],
+        vec!["keys", "revoke", "--email", "nobody@acme.example"],
+    ] {
+        let out = cli(&store, &args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("no key"), "{args:?}: {err}");
+    }
+    let out = cli(&store, &["keys", "set-status", a_id, "revoked"]);
+    assert!(!out.status.success(), "set-status takes only active|inactive");
+    let out = cli(&store, &["keys", "create", "--account", "bad account!", "--email", "x@y.z", "--role", "creator"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("account"));
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real binary on a free port and waits for its "listening" line.
+fn start_server(store: &str) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("TRIGGERS_STORE", store)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start server");
+    let stdout = child.stdout.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let Some(addr) = v["addr"].as_str() {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server announced its address");
+    Server {
+        child,
+        base: format!("http://{addr}"),
+        log,
+    }
+}
+
+#[test]
+fn a_fresh_store_logs_the_command_that_creates_the_first_key_as_json() {
+    let (_dir, store) = temp_store();
+    let server = start_server(&store);
+    let lines = server.log.lock().unwrap().clone();
+    let hint = lines
+        .iter()
+        .find(|l| l.contains("keys create"))
+        .unwrap_or_else(|| panic!("no hint in {lines:?}"));
+    let v: Value = serde_json::from_str(hint).expect("log lines are JSON");
+    assert!(v["message"].as_str().unwrap().contains(&format!("--store {store}")), "{hint}");
+    assert_eq!(v["level"], "WARN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_and_the_cli_share_a_store_while_both_run() {
+    let (_dir, store) = temp_store();
+    let server = start_server(&store);
+    let created = ok_json(cli(&store, &["keys", "create", "--account", "acme", "--email", "a@b.c", "--role", "creator", "--json"]));
+    let key = created["key"].as_str().unwrap();
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/events", server.base))
+        .bearer_auth(key)
+        .json(&json!({"event_type": "cli", "payload": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains(&key[20..]), "the key must never be logged");
+    assert!(log.contains("request completed") && log.contains("request_id"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_event_that_was_answered_201() {
+    let (_dir, store) = temp_store();
+    let created = ok_json(cli(&store, &["keys", "create", "--account", "acme", "--email", "a@b.c", "--role", "creator", "--json"]));
+    let key = created["key"].as_str().unwrap().to_owned();
+    let mut server = start_server(&store);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, base, key, acked) = (client.clone(), server.base.clone(), key.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let resp = client
+                    .post(format!("{base}/events"))
+                    .bearer_auth(&key)
+                    .json(&json!({"event_type": "crash", "payload": {"w": w, "i": i}}))
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status() == 201 => {
+                        let v: Value = match r.json().await { Ok(v) => v, Err(_) => return };
+                        acked.lock().unwrap().push(v["event_id"].as_str().unwrap().to_owned());
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < 300 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 50, "only {} events were acknowledged before the kill", acked.len());
+
+    let server = start_server(&store);
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut req = client.get(format!("{}/inbox", server.base)).bearer_auth(&key).query(&[("limit", "200")]);
+        if let Some(c) = &cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        let page: Value = req.send().await.unwrap().json().await.unwrap();
+        for e in page["events"].as_array().unwrap() {
+            seen.insert(e["event_id"].as_str().unwrap().to_owned());
+        }
+        if page["pagination"]["has_more"] == false {
+            break;
+        }
+        cursor = page["pagination"]["next_cursor"].as_str().map(str::to_owned);
+    }
+    let lost: Vec<&String> = acked.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged events lost: {lost:?}", lost.len(), acked.len());
+}

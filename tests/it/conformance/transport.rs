@@ -1,0 +1,249 @@
+use serde_json::{json, Value};
+use triggers_api::domain::Role;
+
+use crate::support::{error_fields, problem, Backend, TestApp};
+
+async fn creator(b: Backend) -> (TestApp, String) {
+    let app = TestApp::start(b).await;
+    let key = app.key("acme", Role::Creator).await;
+    (app, key)
+}
+
+pub async fn an_unknown_route_is_a_404_problem(b: Backend) {
+    let app = TestApp::start(b).await;
+    let resp = app.client.get(app.url("/nope")).send().await.unwrap();
+    problem(resp, 404, "NOT_FOUND").await;
+}
+
+pub async fn a_wrong_method_is_a_405_problem_with_an_allow_header(b: Backend) {
+    let (app, key) = creator(b).await;
+    for (method, path) in [
+        (reqwest::Method::PUT, "/events"),
+        (reqwest::Method::POST, "/status"),
+        (reqwest::Method::PATCH, "/events/0190f0e0-0000-7000-8000-000000000000"),
+    ] {
+        let resp = app
+            .client
+            .request(method.clone(), app.url(path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.headers().contains_key("allow"), "{method} {path}: no Allow header");
+        problem(resp, 405, "METHOD_NOT_ALLOWED").await;
+    }
+}
+
+pub async fn a_sane_request_id_is_echoed_and_an_insane_one_replaced(b: Backend) {
+    let app = TestApp::start(b).await;
+    let resp = app
+        .client
+        .get(app.url("/nope"))
+        .header("x-request-id", "client-chosen id 42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "client-chosen id 42");
+    let p = problem(resp, 404, "NOT_FOUND").await;
+    assert_eq!(p["correlation_id"], "client-chosen id 42");
+
+    let long = "x".repeat(129);
+    let resp = app
+        .client
+        .get(app.url("/status"))
+        .header("x-request-id", &long)
+        .send()
+        .await
+        .unwrap();
+    let got = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(got, long);
+    assert!(uuid::Uuid::parse_str(&got).is_ok(), "generated id {got}");
+
+    let resp = app.client.get(app.url("/status")).send().await.unwrap();
+    assert!(resp.headers().contains_key("x-request-id"));
+}
+
+pub async fn a_body_that_is_not_json_content_type_is_415(b: Backend) {
+    let (app, key) = creator(b).await;
+    let body = r#"{"event_type":"a","payload":{}}"#;
+    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let mut req = app.client.post(app.url("/events")).bearer_auth(&key).body(body);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        problem(req.send().await.unwrap(), 415, "UNSUPPORTED_MEDIA_TYPE").await;
+    }
+    let ok = app
+        .client
+        .post(app.url("/events"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+}
+
+pub async fn malformed_json_is_a_400_validation_error(b: Backend) {
+    let (app, key) = creator(b).await;
+    for body in ["{", "", "nul", r#"{"event_type":"a","payload":{}} trailing"#, "[1,2]", "\"str\""] {
+        let resp = app.post_raw("/events", &key, body).send().await.unwrap();
+        let p = problem(resp, 400, "VALIDATION_ERROR").await;
+        assert_eq!(error_fields(&p), ["body"], "{body:?}: {p}");
+    }
+}
+
+pub async fn invalid_utf8_is_a_400_validation_error(b: Backend) {
+    let (app, key) = creator(b).await;
+    let mut body = br#"{"event_type":"a","payload":{"s":""#.to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(br#""}}"#);
+    let resp = app.post_raw("/events", &key, body).send().await.unwrap();
+    problem(resp, 400, "VALIDATION_ERROR").await;
+}
+
+fn big_body(bytes: usize) -> Vec<u8> {
+    let filler = "a".repeat(bytes);
+    serde_json::to_vec(&json!({"event_type": "big", "payload": {"f": filler}})).unwrap()
+}
+
+pub async fn a_body_over_512_kib_is_413_before_parsing(b: Backend) {
+    let (app, key) = creator(b).await;
+    // Not even JSON: refused for its size, not its syntax.
+    let body = vec![b'{'; 512 * 1024 + 1];
+    let resp = app.post_raw("/events", &key, body).send().await.unwrap();
+    problem(resp, 413, "PAYLOAD_TOO_LARGE").await;
+}
+
+pub async fn a_chunked_body_over_the_limit_is_413(b: Backend) {
+    let (app, key) = creator(b).await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..80).map(|_| Ok(vec![b' '; 8 * 1024])).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let resp = app.post_raw("/events", &key, body).send().await.unwrap();
+    problem(resp, 413, "PAYLOAD_TOO_LARGE").await;
+}
+
+pub async fn a_lying_content_length_cannot_smuggle_a_large_body(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (app, key) = creator(b).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Claims 10 bytes, sends a valid small body: the server reads exactly
+    // 10 bytes and the rest is not a body it ever parses as this request.
+    let body = r#"{"event_type":"a","payload":{}}"#;
+    let req = format!(
+        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{body}"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_string(&mut out)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("application/problem+json"), "{out}");
+}
+
+pub async fn a_payload_over_256_kib_is_413(b: Backend) {
+    let (app, key) = creator(b).await;
+    let resp = app.post_raw("/events", &key, big_body(256 * 1024)).send().await.unwrap();
+    problem(resp, 413, "PAYLOAD_TOO_LARGE").await;
+    // Just under the limit is fine: {"f":"…"} adds 8 bytes.
+    let resp = app
+        .post_raw("/events", &key, big_body(256 * 1024 - 8))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
+
+fn nested(depth: usize) -> String {
+    // `depth` levels including the payload object itself.
+    format!(
+        r#"{{"event_type":"deep","payload":{}{}{}}}"#,
+        "{\"a\":".repeat(depth - 1) + "{",
+        "",
+        "}".repeat(depth)
+    )
+}
+
+pub async fn payload_nesting_of_128_is_accepted_and_129_is_400(b: Backend) {
+    let (app, key) = creator(b).await;
+    let resp = app.post_raw("/events", &key, nested(128)).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
+    let ev: Value = app.get(&format!("/events/{id}"), &key).send().await.unwrap().json().await.unwrap();
+    let mut depth = 0;
+    let mut cur = &ev["payload"];
+    while cur.is_object() {
+        depth += 1;
+        cur = &cur["a"];
+    }
+    assert_eq!(depth, 128);
+
+    let resp = app.post_raw("/events", &key, nested(129)).send().await.unwrap();
+    let p = problem(resp, 400, "VALIDATION_ERROR").await;
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("128"));
+    // Far deeper input is refused the same way, without exhausting anything.
+    let resp = app.post_raw("/events", &key, nested(100_000)).send().await.unwrap();
+    problem(resp, 400, "VALIDATION_ERROR").await;
+}
+
+pub async fn unknown_fields_are_400_and_listed(b: Backend) {
+    let (app, key) = creator(b).await;
+    let body = json!({"event_type": "a", "payload": {}, "extra": 1, "delivered": true});
+    let p = problem(app.post_json("/events", &key, &body).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+    let mut fields = error_fields(&p);
+    fields.sort();
+    assert_eq!(fields, ["delivered", "extra"]);
+}
+
+pub async fn missing_and_mistyped_fields_are_all_listed(b: Backend) {
+    let (app, key) = creator(b).await;
+    let p = problem(app.post_json("/events", &key, &json!({})).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+    let mut fields = error_fields(&p);
+    fields.sort();
+    assert_eq!(fields, ["event_type", "payload"]);
+
+    let body = json!({"event_type": 5, "payload": "x", "source": 1, "metadata": []});
+    let p = problem(app.post_json("/events", &key, &body).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+    let mut fields = error_fields(&p);
+    fields.sort();
+    assert_eq!(fields, ["event_type", "metadata", "payload", "source"]);
+}
+
+pub async fn event_type_must_be_1_to_255_characters_without_control_characters(b: Backend) {
+    let (app, key) = creator(b).await;
+    for bad in [String::new(), "x".repeat(256), "a\nb".into(), "tab\there".into()] {
+        let body = json!({"event_type": bad, "payload": {}});
+        let p = problem(app.post_json("/events", &key, &body).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+        assert_eq!(error_fields(&p), ["event_type"]);
+    }
+    for good in ["x".repeat(255), "ü".repeat(255), "order.created v2".into()] {
+        let body = json!({"event_type": good, "payload": {}});
+        assert_eq!(app.post_json("/events", &key, &body).send().await.unwrap().status(), 201);
+    }
+}
+
+pub async fn source_must_be_at_most_255_characters(b: Backend) {
+    let (app, key) = creator(b).await;
+    let body = json!({"event_type": "a", "payload": {}, "source": "s".repeat(256)});
+    let p = problem(app.post_json("/events", &key, &body).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+    assert_eq!(error_fields(&p), ["source"]);
+    let body = json!({"event_type": "a", "payload": {}, "source": "s".repeat(255)});
+    assert_eq!(app.post_json("/events", &key, &body).send().await.unwrap().status(), 201);
+}
+
+pub async fn payload_and_metadata_must_be_objects(b: Backend) {
+    let (app, key) = creator(b).await;
+    for (payload, metadata, field) in [
+        (json!([1]), json!({}), "payload"),
+        (json!(null), json!({}), "payload"),
+        (json!({}), json!("m"), "metadata"),
+        (json!({}), json!(3), "metadata"),
+    ] {
+        let body = json!({"event_type": "a", "payload": payload, "metadata": metadata});
+        let p = problem(app.post_json("/events", &key, &body).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+        assert_eq!(error_fields(&p), [field]);
+    }
+}

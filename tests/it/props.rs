@@ -1,0 +1,273 @@
+//! Property tests through the service API (the same calls the handlers
+//! make): pagination under random interleavings, and deduplication.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+use triggers_api::clock::ManualClock;
+use triggers_api::config::Settings;
+use triggers_api::domain::{AccountId, EventId, EventType};
+use triggers_api::fingerprint::fingerprint;
+use triggers_api::service::CreateEvent;
+use triggers_api::store::{InboxQuery, Position};
+use triggers_api::AppState;
+
+use crate::support::{test_store, Backend, TestStore};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn service() -> (AppState, Arc<ManualClock>, TestStore) {
+    let store = test_store(Backend::Sqlite).await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let state = AppState::new(store.store.clone(), clock.clone(), Settings::default())
+        .await
+        .unwrap();
+    (state, clock, store)
+}
+
+fn create(event_type: &str, payload: Value, source: Option<&str>) -> CreateEvent {
+    let mut body = Map::new();
+    body.insert("event_type".into(), json!(event_type));
+    body.insert("payload".into(), payload);
+    if let Some(s) = source {
+        body.insert("source".into(), json!(s));
+    }
+    CreateEvent::parse(body, 256 * 1024).expect("valid")
+}
+
+const TYPES: [&str; 3] = ["a", "b", "c"];
+
+#[derive(Debug, Clone)]
+enum Step {
+    Insert(usize),
+    Ack(usize),
+    Page(u32),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..TYPES.len()).prop_map(Step::Insert),
+        2 => any::<usize>().prop_map(Step::Ack),
+        3 => (1u32..8).prop_map(Step::Page),
+    ]
+}
+
+struct Model {
+    /// (id, type index, acked) in creation order.
+    events: Vec<(EventId, usize, bool)>,
+}
+
+impl Model {
+    fn index_of(&self, id: &EventId) -> usize {
+        self.events.iter().position(|(e, _, _)| e == id).expect("known id")
+    }
+    fn undelivered(&self, filter: Option<usize>) -> Vec<EventId> {
+        self.events
+            .iter()
+            .filter(|(_, t, acked)| !acked && filter.is_none_or(|f| f == *t))
+            .map(|(id, _, _)| *id)
+            .collect()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Concatenated pages equal the undelivered set, in order, no repeats;
+    /// while inserts and acks interleave with the walk, no event repeats,
+    /// order holds, and every event undelivered throughout appears.
+    #[test]
+    fn pagination_under_random_interleavings_of_inserts_acks_and_page_sizes(
+        before in proptest::collection::vec(0..TYPES.len(), 0..25),
+        steps in proptest::collection::vec(step(), 0..60),
+        filter in proptest::option::of(0..TYPES.len()),
+        final_limit in 1u32..10,
+    ) {
+        runtime().block_on(async {
+            let (svc, _clock, _store) = service().await;
+            let account = AccountId::parse("acct").unwrap();
+            let mut model = Model { events: Vec::new() };
+            let mut n = 0u64;
+            for t in &before {
+                let out = svc.ingest(&account, create(TYPES[*t], json!({"n": n}), None)).await.unwrap();
+                n += 1;
+                model.events.push((out.event_id, *t, false));
+            }
+            let at_start: HashSet<EventId> = model.undelivered(filter).into_iter().collect();
+            let mut acked_during = HashSet::new();
+            let mut seen: Vec<EventId> = Vec::new();
+            let mut after: Option<Position> = None;
+            let mut done = false;
+            let event_type = filter.map(|f| EventType::parse(TYPES[f]).unwrap());
+            let mut page = |limit: u32, after: Option<Position>| {
+                let q = InboxQuery { after, event_type: event_type.clone(), limit };
+                let svc = svc.clone();
+                let account = account.clone();
+                async move { svc.inbox(&account, &q).await.unwrap() }
+            };
+            for s in &steps {
+                match s {
+                    Step::Insert(t) => {
+                        let out = svc.ingest(&account, create(TYPES[*t], json!({"n": n}), None)).await.unwrap();
+                        n += 1;
+                        model.events.push((out.event_id, *t, false));
+                    }
+                    Step::Ack(pick) if !model.events.is_empty() => {
+                        let i = pick % model.events.len();
+                        let id = model.events[i].0;
+                        svc.ack(&account, &id).await.unwrap();
+                        model.events[i].2 = true;
+                        acked_during.insert(id);
+                    }
+                    Step::Ack(_) => {}
+                    Step::Page(limit) if !done => {
+                        let p = page(*limit, after.clone()).await;
+                        prop_assert!(p.events.len() <= *limit as usize);
+                        seen.extend(p.events.iter().map(|e| e.event_id));
+                        if p.has_more {
+                            prop_assert_eq!(p.events.len(), *limit as usize, "a short page must be the last");
+                            after = p.last.clone();
+                        } else {
+                            done = true;
+                        }
+                    }
+                    Step::Page(_) => {}
+                }
+            }
+            while !done {
+                let p = page(5, after.clone()).await;
+                seen.extend(p.events.iter().map(|e| e.event_id));
+                done = !p.has_more;
+                after = p.last.clone();
+            }
+            let unique: HashSet<EventId> = seen.iter().copied().collect();
+            prop_assert_eq!(unique.len(), seen.len(), "no event appears twice");
+            let idx: Vec<usize> = seen.iter().map(|id| model.index_of(id)).collect();
+            prop_assert!(idx.windows(2).all(|w| w[0] < w[1]), "oldest first: {:?}", idx);
+            for id in &seen {
+                let (_, t, _) = model.events[model.index_of(id)];
+                prop_assert!(filter.is_none_or(|f| f == t), "filter respected");
+            }
+            for id in &at_start {
+                if !acked_during.contains(id) {
+                    prop_assert!(unique.contains(id), "undelivered throughout, yet missing");
+                }
+            }
+            // A quiet walk returns exactly the undelivered set, in order.
+            let mut quiet = Vec::new();
+            let mut after = None;
+            loop {
+                let p = page(final_limit, after).await;
+                quiet.extend(p.events.iter().map(|e| e.event_id));
+                if !p.has_more { break; }
+                after = p.last.clone();
+            }
+            prop_assert_eq!(quiet, model.undelivered(filter));
+            Ok(())
+        })?;
+    }
+}
+
+/// Arbitrary JSON of bounded size.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        (-1.0e6f64..1.0e6).prop_map(|f| json!(f)),
+        "[a-zA-Z0-9 _\\-\"\\\\/é€\u{1F600}]{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z]{1,5}", inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn json_object() -> impl Strategy<Value = Map<String, Value>> {
+    proptest::collection::btree_map("[a-z]{1,5}", json_value(), 0..6).prop_map(|m| m.into_iter().collect())
+}
+
+/// Serializes `v` with object keys rotated by `rot` and reversed, and with
+/// whitespace between every token: the same JSON, written differently.
+fn rewrite(v: &Value, rot: usize, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(&String, &Value)> = m.iter().rev().collect();
+            if !entries.is_empty() {
+                let k = rot % entries.len();
+                entries.rotate_left(k);
+            }
+            out.push_str("{ ");
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(" ,\n ");
+                }
+                out.push_str(&serde_json::to_string(k).unwrap());
+                out.push_str(" :\t");
+                rewrite(v, rot + 1, out);
+            }
+            out.push_str(" }");
+        }
+        Value::Array(a) => {
+            out.push_str("[ ");
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(" , ");
+                }
+                rewrite(v, rot + 1, out);
+            }
+            out.push_str(" ]");
+        }
+        other => out.push_str(&serde_json::to_string(other).unwrap()),
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_fingerprint_ignores_key_order_and_whitespace(payload in json_object(), rot in 0usize..7, t in "[a-z.]{1,10}", s in proptest::option::of("[a-z]{0,6}")) {
+        let mut text = String::new();
+        rewrite(&Value::Object(payload.clone()), rot, &mut text);
+        let reparsed: Value = serde_json::from_str(&text).unwrap();
+        let reparsed = reparsed.as_object().unwrap();
+        prop_assert_eq!(fingerprint(&t, &payload, s.as_deref()), fingerprint(&t, reparsed, s.as_deref()));
+    }
+
+    #[test]
+    fn the_fingerprint_differs_when_type_payload_or_source_differ(payload in json_object(), t in "[a-z.]{1,10}", s in proptest::option::of("[a-z]{0,6}"), extra in "[A-Z]{1,4}") {
+        let base = fingerprint(&t, &payload, s.as_deref());
+        prop_assert_ne!(base, fingerprint(&format!("{t}{extra}"), &payload, s.as_deref()));
+        let other_source = match &s { Some(x) => Some(format!("{x}{extra}")), None => Some(String::new()) };
+        prop_assert_ne!(base, fingerprint(&t, &payload, other_source.as_deref()));
+        let mut changed = payload.clone();
+        changed.insert(extra.clone(), json!(1));
+        prop_assert_ne!(base, fingerprint(&t, &changed, s.as_deref()));
+    }
+
+    #[test]
+    fn a_repeat_is_a_duplicate_exactly_until_the_window_ends(window_ms in 1u64..100_000, offset_ms in 0u64..200_000) {
+        runtime().block_on(async {
+            let store = test_store(Backend::Sqlite).await;
+            let clock = Arc::new(ManualClock::new(Utc::now()));
+            let settings = Settings { dedup_window: std::time::Duration::from_millis(window_ms), ..Settings::default() };
+            let svc = AppState::new(store.store.clone(), clock.clone(), settings).await.unwrap();
+            let account = AccountId::parse("acct").unwrap();
+            let first = svc.ingest(&account, create("t", json!({"x": 1}), Some("s"))).await.unwrap();
+            clock.advance(chrono::Duration::milliseconds(offset_ms as i64));
+            let second = svc.ingest(&account, create("t", json!({"x": 1}), Some("s"))).await.unwrap();
+            prop_assert_eq!(second.duplicate, offset_ms < window_ms);
+            prop_assert_eq!(second.event_id == first.event_id, offset_ms < window_ms);
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,169 @@
+//! Store failures as clients see them: 503 with Retry-After (never a hang,
+//! never a 2xx for a write that did not happen), a generic 500 for a store
+//! bug, and /status degraded. Backend-independent: a switchable wrapper
+//! around a real store.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use triggers_api::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, Role};
+use triggers_api::store::{
+    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Store, StoreError,
+};
+
+use crate::support::{assert_problem_snapshot, problem, test_settings, test_store, Backend, TestApp, TestStore};
+
+const OK: u8 = 0;
+const UNAVAILABLE: u8 = 1;
+const HANG: u8 = 2;
+const BROKEN: u8 = 3;
+
+struct Switchable {
+    inner: Arc<dyn Store>,
+    mode: Arc<AtomicU8>,
+}
+
+impl Switchable {
+    async fn gate(&self) -> Result<(), StoreError> {
+        match self.mode.load(Ordering::SeqCst) {
+            UNAVAILABLE => Err(StoreError::unavailable("connection refused (test)")),
+            HANG => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+            BROKEN => Err(StoreError::internal("bug (test)")),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Switchable {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.gate().await?;
+        self.inner.ping().await
+    }
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        self.gate().await?;
+        self.inner.secret(name).await
+    }
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.gate().await?;
+        self.inner.create_key(key).await
+    }
+    async fn get_key(&self, key_id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.gate().await?;
+        self.inner.get_key(key_id).await
+    }
+    async fn list_keys(&self, account: Option<&AccountId>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.gate().await?;
+        self.inner.list_keys(account).await
+    }
+    async fn update_key(&self, key_id: &KeyId, change: KeyChange) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.gate().await?;
+        self.inner.update_key(key_id, change).await
+    }
+    async fn revoke_keys_by_email(&self, email: &Email) -> Result<Vec<KeyId>, StoreError> {
+        self.gate().await?;
+        self.inner.revoke_keys_by_email(email).await
+    }
+    async fn insert_event(&self, event: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
+        self.gate().await?;
+        self.inner.insert_event(event, dedup).await
+    }
+    async fn get_event(&self, a: &AccountId, id: &EventId, cutoff: DateTime<Utc>) -> Result<Option<Event>, StoreError> {
+        self.gate().await?;
+        self.inner.get_event(a, id, cutoff).await
+    }
+    async fn inbox(&self, a: &AccountId, q: &InboxQuery) -> Result<InboxPage, StoreError> {
+        self.gate().await?;
+        self.inner.inbox(a, q).await
+    }
+    async fn ack_event(&self, a: &AccountId, id: &EventId, now: DateTime<Utc>, cutoff: DateTime<Utc>) -> Result<AckOutcome, StoreError> {
+        self.gate().await?;
+        self.inner.ack_event(a, id, now, cutoff).await
+    }
+    async fn purge(&self, d: DateTime<Utc>, f: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.gate().await?;
+        self.inner.purge(d, f).await
+    }
+}
+
+async fn switchable_app() -> (TestApp, Arc<AtomicU8>, String) {
+    let base = test_store(Backend::Sqlite).await;
+    let mode = Arc::new(AtomicU8::new(OK));
+    let store = TestStore {
+        store: Arc::new(Switchable {
+            inner: base.store.clone(),
+            mode: mode.clone(),
+        }),
+        _dir: base._dir,
+    };
+    let settings = triggers_api::config::Settings {
+        store_timeout: Duration::from_millis(300),
+        ..test_settings()
+    };
+    let app = TestApp::start_on(Backend::Sqlite, store, settings).await;
+    let key = app.key("acme", Role::Creator).await;
+    // Authenticate once, so the key is cached before the store goes away.
+    assert_eq!(app.get("/inbox", &key).send().await.unwrap().status(), 200);
+    (app, mode, key)
+}
+
+#[tokio::test]
+async fn an_unreachable_store_answers_503_with_retry_after_and_writes_nothing() {
+    let (app, mode, key) = switchable_app().await;
+    mode.store(UNAVAILABLE, Ordering::SeqCst);
+    let body = json!({"event_type": "x", "payload": {}});
+    let resp = app.post_json("/events", &key, &body).send().await.unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let p = problem(resp, 503, "SERVICE_UNAVAILABLE").await;
+    assert!(!p["detail"].as_str().unwrap().contains("test"), "no cause leaks: {p}");
+    assert_problem_snapshot("service_unavailable", p);
+    problem(app.get("/inbox", &key).send().await.unwrap(), 503, "SERVICE_UNAVAILABLE").await;
+
+    let status = app.client.get(app.url("/status")).send().await.unwrap();
+    assert_eq!(status.status(), 503);
+    let v: Value = status.json().await.unwrap();
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(v["store"]["reachable"], false);
+
+    mode.store(OK, Ordering::SeqCst);
+    assert!(app.walk_inbox(&key, 50, None).await.is_empty(), "the refused write did not happen");
+    assert_eq!(app.post_json("/events", &key, &body).send().await.unwrap().status(), 201);
+}
+
+#[tokio::test]
+async fn a_hanging_store_answers_503_within_the_store_budget() {
+    let (app, mode, key) = switchable_app().await;
+    mode.store(HANG, Ordering::SeqCst);
+    let started = Instant::now();
+    let resp = app
+        .post_json("/events", &key, &json!({"event_type": "x", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 503, "SERVICE_UNAVAILABLE").await;
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let started = Instant::now();
+    let status = app.client.get(app.url("/status")).send().await.unwrap();
+    assert_eq!(status.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn a_store_bug_is_a_generic_500_without_its_cause() {
+    let (app, mode, key) = switchable_app().await;
+    mode.store(BROKEN, Ordering::SeqCst);
+    let resp = app.get("/inbox", &key).send().await.unwrap();
+    let p = problem(resp, 500, "INTERNAL_ERROR").await;
+    assert!(!p.to_string().contains("bug"), "{p}");
+    assert_problem_snapshot("internal_error", p);
+}

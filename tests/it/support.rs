@@ -1,0 +1,340 @@
+//! Test helpers. They use only the crate's public API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use triggers_api::clock::ManualClock;
+use triggers_api::config::Settings;
+use triggers_api::domain::Role;
+use triggers_api::store::sqlite::SqliteStore;
+use triggers_api::store::Store;
+use triggers_api::{app, keys, serve, AppState};
+
+/// bcrypt cost for test keys: the minimum, so tests stay fast.
+pub const TEST_BCRYPT_COST: u32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Dynamodb,
+}
+
+/// A store for one test, with whatever it must keep alive.
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    pub _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn test_store(backend: Backend) -> TestStore {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = SqliteStore::open(&dir.path().join("triggers.db")).expect("open sqlite");
+            TestStore {
+                store: Arc::new(store),
+                _dir: Some(dir),
+            }
+        }
+        Backend::Dynamodb => TestStore {
+            store: dynamodb::fresh_store().await,
+            _dir: None,
+        },
+    }
+}
+
+pub mod dynamodb {
+    //! Where the DynamoDB for tests comes from, in this order: the explicit
+    //! endpoint variable `TRIGGERS_TEST_DYNAMODB_ENDPOINT` (what `make test`
+    //! sets after starting AWS DynamoDB Local); else a Docker engine via
+    //! testcontainers (DynamoDB Local module). Neither → the test fails, it
+    //! never skips.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::OnceCell;
+    use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
+    use triggers_api::store::Store;
+
+    pub const ENDPOINT_VAR: &str = "TRIGGERS_TEST_DYNAMODB_ENDPOINT";
+
+    static ENDPOINT: OnceCell<String> = OnceCell::const_new();
+
+    fn set_dummy_credentials() {
+        // Emulators accept any credentials; the SDK insists on some. Set
+        // before any client exists (the first call below), never changed.
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            if std::env::var_os(k).is_none() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+
+    async fn from_docker() -> Option<String> {
+        use testcontainers::runners::AsyncRunner;
+        use testcontainers_modules::dynamodb_local::DynamoDb;
+        let container = DynamoDb::default().start().await.ok()?;
+        let port = container.get_host_port_ipv4(8000).await.ok()?;
+        // Kept for the life of the test process.
+        Box::leak(Box::new(container));
+        Some(format!("http://127.0.0.1:{port}"))
+    }
+
+    pub async fn endpoint() -> String {
+        ENDPOINT
+            .get_or_init(|| async {
+                set_dummy_credentials();
+                if let Ok(e) = std::env::var(ENDPOINT_VAR) {
+                    if !e.is_empty() {
+                        return e;
+                    }
+                }
+                if let Some(e) = from_docker().await {
+                    return e;
+                }
+                panic!(
+                    "no DynamoDB for the DynamoDB tests: set {ENDPOINT_VAR} to a DynamoDB \
+                     endpoint, run a Docker engine, or run `make test`, which starts AWS \
+                     DynamoDB Local itself"
+                )
+            })
+            .await
+            .clone()
+    }
+
+    pub fn config(endpoint: &str, prefix: &str) -> DynamoConfig {
+        DynamoConfig {
+            table_prefix: prefix.to_owned(),
+            endpoint_url: Some(endpoint.to_owned()),
+            request_timeout: Duration::from_secs(5),
+            max_attempts: 3,
+        }
+    }
+
+    /// A store on brand-new tables of its own.
+    pub async fn fresh_store() -> Arc<dyn Store> {
+        let endpoint = endpoint().await;
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        let store = DynamoStore::connect(&config(&endpoint, &prefix))
+            .await
+            .expect("connect to DynamoDB");
+        store.create_tables().await.expect("create tables");
+        Arc::new(store)
+    }
+}
+
+/// A running server on port 0 with a manual clock.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub state: AppState,
+    pub backend: Backend,
+    stop: Option<oneshot::Sender<()>>,
+    _store: TestStore,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn test_settings() -> Settings {
+    Settings {
+        store_timeout: Duration::from_secs(10),
+        ..Settings::default()
+    }
+}
+
+impl TestApp {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, test_settings()).await
+    }
+
+    pub async fn start_with(backend: Backend, settings: Settings) -> Self {
+        let store = test_store(backend).await;
+        Self::start_on(backend, store, settings).await
+    }
+
+    pub async fn start_on(backend: Backend, store: TestStore, settings: Settings) -> Self {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let state = AppState::new(store.store.clone(), clock.clone(), settings)
+            .await
+            .expect("state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = app(state.clone());
+        tokio::spawn(async move {
+            let _ = serve(listener, router, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            clock,
+            state,
+            backend,
+            stop: Some(stop),
+            _store: store,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A new key for `account` with a generous rate limit.
+    pub async fn key(&self, account: &str, role: Role) -> String {
+        self.key_with_limit(account, role, 100_000).await
+    }
+
+    pub async fn key_with_limit(&self, account: &str, role: Role, per_minute: u32) -> String {
+        keys::create(
+            self.state.store.as_ref(),
+            account,
+            &format!("owner@{account}.example"),
+            role,
+            per_minute,
+            TEST_BCRYPT_COST,
+        )
+        .await
+        .expect("create key")
+        .token
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(key)
+    }
+
+    pub fn delete(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.url(path)).bearer_auth(key)
+    }
+
+    pub fn post_json(&self, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).expect("serialize"))
+    }
+
+    pub fn post_raw(&self, path: &str, key: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
+    /// POSTs an event and returns its id (asserting 201).
+    pub async fn create_event(&self, key: &str, body: &Value) -> String {
+        let resp = self.post_json("/events", key, body).send().await.expect("send");
+        assert_eq!(resp.status(), 201, "POST /events {body}");
+        let v: Value = resp.json().await.expect("json");
+        v["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    /// Walks every inbox page; returns the event ids in order.
+    pub async fn walk_inbox(&self, key: &str, limit: u32, event_type: Option<&str>) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = vec![("limit".to_owned(), limit.to_string())];
+            if let Some(c) = &cursor {
+                q.push(("cursor".into(), c.clone()));
+            }
+            if let Some(t) = event_type {
+                q.push(("event_type".into(), t.to_owned()));
+            }
+            let resp = self
+                .client
+                .get(self.url("/inbox"))
+                .bearer_auth(key)
+                .query(&q)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), 200);
+            let page: Value = resp.json().await.expect("json");
+            for e in page["events"].as_array().expect("events") {
+                ids.push(e["event_id"].as_str().expect("id").to_owned());
+            }
+            let has_more = page["pagination"]["has_more"].as_bool().expect("has_more");
+            if !has_more {
+                assert!(page["pagination"]["next_cursor"].is_null());
+                return ids;
+            }
+            cursor = Some(
+                page["pagination"]["next_cursor"]
+                    .as_str()
+                    .expect("next_cursor when has_more")
+                    .to_owned(),
+            );
+        }
+    }
+}
+
+/// Reads a problem+json response, checking the transport-level shape.
+pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(ct, "application/problem+json", "content type");
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let v: Value = resp.json().await.expect("problem body is JSON");
+    assert_eq!(v["status"], status, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    for field in ["type", "title", "detail", "correlation_id"] {
+        assert!(v[field].is_string(), "problem lacks {field}: {v}");
+    }
+    assert_eq!(v["correlation_id"], rid.as_str(), "correlation_id is the X-Request-ID");
+    v
+}
+
+/// The `field`s listed in a validation problem.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["field"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Snapshots a problem body under the top-level `snapshots/` folder, with
+/// the correlation id redacted.
+pub fn assert_problem_snapshot(name: &str, problem: Value) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.bind(|| {
+        insta::assert_json_snapshot!(name, problem, {".correlation_id" => "[correlation_id]"});
+    });
+}
