@@ -720,12 +720,9 @@ impl DynamoStore {
                 // Only a part's condition can have failed: a part is missing.
                 return Err(corrupt("event.metadata parts"));
             }
-            let old = match reasons.first().and_then(|r| r.item.clone()) {
-                Some(it) => Some(it),
-                None => self.get_item(&self.events, item::key(pk.clone(), item::EVENT_SK)).await?,
-            };
-            let Some(old) = old.filter(|it| !it.is_empty()) else {
-                // Never existed, or purged: never recreated.
+            // ALL_OLD: the reason carries the item if it exists. None: it
+            // never existed, or was purged (and is not recreated).
+            let Some(old) = reasons.first().and_then(|r| r.item.clone()).filter(|it| !it.is_empty()) else {
                 return Ok(AckOutcome::NotFound);
             };
             if let Some(da) = item::get_opt_ms(&old, A_DELIVERED_AT, "event.delivered_at")? {
