@@ -98,7 +98,11 @@ impl Intercept for CountRequests {
         _cfg: &mut ConfigBag,
     ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
         // `X-Amz-Target: DynamoDB_20120810.TransactWriteItems`
-        let target = context.request().headers().get("x-amz-target").unwrap_or("unknown");
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("unknown");
         let op = target.rsplit('.').next().unwrap_or(target);
         if let Ok(mut counts) = self.0 .0.lock() {
             *counts.entry(op.to_owned()).or_default() += 1;
@@ -128,10 +132,15 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let unavailable = match &e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ServiceError(se) => {
             se.raw().status().as_u16() >= 500
-                || se.err().code().is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
+                || se
+                    .err()
+                    .code()
+                    .is_some_and(|c| UNAVAILABLE_CODES.contains(&c))
         }
         _ => false,
     };
@@ -157,6 +166,45 @@ fn reason_code(r: &CancellationReason) -> &str {
     r.code().unwrap_or("None")
 }
 
+/// What a cancelled transaction means.
+#[derive(Debug)]
+enum TxVerdict {
+    /// A condition decided: the caller reads the reasons.
+    ConditionFailed,
+    /// Only contention with another transaction: try again.
+    Retry,
+    Fail(StoreError),
+}
+
+fn tx_verdict(reasons: &[CancellationReason]) -> TxVerdict {
+    let codes: Vec<&str> = reasons.iter().map(reason_code).collect();
+    if codes.contains(&CONDITION_FAILED) {
+        return TxVerdict::ConditionFailed;
+    }
+    if codes.contains(&CONFLICT) {
+        return TxVerdict::Retry;
+    }
+    // ItemCollectionSizeLimitExceeded: the account's inbox partition reached
+    // 10 GB (the LSI limit): back-pressure, not a bug.
+    let unavailable = codes.iter().any(|c| {
+        matches!(
+            *c,
+            "ThrottlingError"
+                | "ProvisionedThroughputExceeded"
+                | "RequestLimitExceeded"
+                | "ItemCollectionSizeLimitExceeded"
+        )
+    });
+    let err = Box::new(Cancelled {
+        codes: codes.into_iter().map(str::to_owned).collect(),
+    });
+    TxVerdict::Fail(if unavailable {
+        StoreError::Unavailable(err)
+    } else {
+        StoreError::Internal(err)
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Message(&'static str);
@@ -168,7 +216,9 @@ fn corrupt(what: &'static str) -> StoreError {
 /// `#name` for every attribute name an expression uses (some, like `ttl`
 /// and `status`, are reserved words).
 fn names(list: &[&str]) -> HashMap<String, String> {
-    list.iter().map(|n| (format!("#{n}"), (*n).to_owned())).collect()
+    list.iter()
+        .map(|n| (format!("#{n}"), (*n).to_owned()))
+        .collect()
 }
 
 fn values(list: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
@@ -208,7 +258,9 @@ impl DynamoStore {
         validate_prefix(&cfg.table_prefix)?;
         let budget = cfg.request_timeout.max(Duration::from_millis(100));
         let attempts = cfg.max_attempts.max(1);
-        let attempt_timeout = (budget / attempts).max(Duration::from_millis(200)).min(budget);
+        let attempt_timeout = (budget / attempts)
+            .max(Duration::from_millis(200))
+            .min(budget);
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(attempt_timeout.min(Duration::from_secs(1)))
             .operation_attempt_timeout(attempt_timeout)
@@ -302,7 +354,11 @@ impl DynamoStore {
                 .index_name(item::BY_TYPE_INDEX)
                 .key_schema(key(PK, KeyType::Hash)?)
                 .key_schema(key(TSK, KeyType::Range)?)
-                .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
                 .build()
                 .map_err(StoreError::internal)?;
             req = req
@@ -313,7 +369,14 @@ impl DynamoStore {
         }
         match req.send().await {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.as_service_error(), Some(CreateTableError::ResourceInUseException(_))) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(CreateTableError::ResourceInUseException(_))
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(sdk_err(e)),
         }
     }
@@ -372,7 +435,10 @@ impl DynamoStore {
     }
 
     /// Cuts `work` at the budget: a call never hangs, whatever it does.
-    async fn within<T>(&self, work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn within<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.budget, work).await {
             Ok(r) => r,
             Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
@@ -383,7 +449,10 @@ impl DynamoStore {
     /// condition failed (one reason per item, in order). Transaction
     /// conflicts (another transaction on the same item) are retried here
     /// with jittered backoff until a condition decides or the budget ends.
-    async fn transact(&self, writes: Vec<TransactWriteItem>) -> Result<Option<Vec<CancellationReason>>, StoreError> {
+    async fn transact(
+        &self,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<Option<Vec<CancellationReason>>, StoreError> {
         let mut backoff_ms = 5u64;
         loop {
             let res = self
@@ -397,31 +466,20 @@ impl DynamoStore {
                 Err(e) => e,
             };
             let reasons = match err.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(c)) => c.cancellation_reasons().to_vec(),
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    c.cancellation_reasons().to_vec()
+                }
                 _ => return Err(sdk_err(err)),
             };
-            let codes: Vec<&str> = reasons.iter().map(reason_code).collect();
-            if codes.contains(&CONDITION_FAILED) {
-                return Ok(Some(reasons));
+            match tx_verdict(&reasons) {
+                TxVerdict::ConditionFailed => return Ok(Some(reasons)),
+                TxVerdict::Retry => {
+                    let jitter = rand::random::<u64>() % (backoff_ms + 1);
+                    tokio::time::sleep(Duration::from_millis(backoff_ms / 2 + jitter)).await;
+                    backoff_ms = (backoff_ms * 2).min(200);
+                }
+                TxVerdict::Fail(e) => return Err(e),
             }
-            if codes.contains(&CONFLICT) {
-                let jitter = rand::random::<u64>() % (backoff_ms + 1);
-                tokio::time::sleep(Duration::from_millis(backoff_ms / 2 + jitter)).await;
-                backoff_ms = (backoff_ms * 2).min(200);
-                continue;
-            }
-            let codes = codes.into_iter().map(str::to_owned).collect();
-            let throttled = reasons
-                .iter()
-                .any(|r| matches!(reason_code(r), "ThrottlingError" | "ProvisionedThroughputExceeded"));
-            // ItemCollectionSizeLimitExceeded: the account's inbox partition
-            // reached 10 GB (the LSI limit); back-pressure, not a bug.
-            let full = reasons.iter().any(|r| reason_code(r) == "ItemCollectionSizeLimitExceeded");
-            return Err(if throttled || full {
-                StoreError::Unavailable(Box::new(Cancelled { codes }))
-            } else {
-                StoreError::Internal(Box::new(Cancelled { codes }))
-            });
         }
     }
 
@@ -479,7 +537,12 @@ impl DynamoStore {
     }
 
     /// Joins the metadata parts of an event that keeps them out of line.
-    async fn load_parts(&self, account: &AccountId, id: &EventId, count: usize) -> Result<String, StoreError> {
+    async fn load_parts(
+        &self,
+        account: &AccountId,
+        id: &EventId,
+        count: usize,
+    ) -> Result<String, StoreError> {
         let parts = self
             .query(
                 None,
@@ -500,7 +563,10 @@ impl DynamoStore {
         let metadata = if parts > 0 {
             let account = AccountId::parse(item::get_s(it, item::A_ACCOUNT, "event.account")?)
                 .map_err(|_| corrupt("event.account"))?;
-            Some(self.load_parts(&account, &item::get_event_id(it)?, parts).await?)
+            Some(
+                self.load_parts(&account, &item::get_event_id(it)?, parts)
+                    .await?,
+            )
         } else {
             None
         };
@@ -544,10 +610,16 @@ impl DynamoStore {
         let mut writes = vec![
             TransactWriteItem::builder().put(dedup_put).build(),
             TransactWriteItem::builder().put(event_put).build(),
-            TransactWriteItem::builder().put(self.put(&self.events, items.inbox)?).build(),
+            TransactWriteItem::builder()
+                .put(self.put(&self.events, items.inbox)?)
+                .build(),
         ];
         for part in items.parts {
-            writes.push(TransactWriteItem::builder().put(self.put(&self.events, part)?).build());
+            writes.push(
+                TransactWriteItem::builder()
+                    .put(self.put(&self.events, part)?)
+                    .build(),
+            );
         }
 
         for _ in 0..4 {
@@ -561,27 +633,40 @@ impl DynamoStore {
                 return Err(StoreError::Conflict);
             }
             if code(0) != Some(CONDITION_FAILED) {
-                return Err(StoreError::Internal(Box::new(Message("unexpected transaction cancellation"))));
+                return Err(StoreError::Internal(Box::new(Message(
+                    "unexpected transaction cancellation",
+                ))));
             }
             // The original arrives with the cancellation (ALL_OLD); an
             // endpoint that omits it costs one consistent read.
             let original = match reasons.first().and_then(|r| r.item.clone()) {
                 Some(it) => Some(it),
                 None => {
-                    self.get_item(&self.events, item::key(item::dedup_pk(&e.account, &dedup.fingerprint), item::DEDUP_SK))
-                        .await?
+                    self.get_item(
+                        &self.events,
+                        item::key(
+                            item::dedup_pk(&e.account, &dedup.fingerprint),
+                            item::DEDUP_SK,
+                        ),
+                    )
+                    .await?
                 }
             };
             if let Some(original) = original {
                 let (event_id, timestamp) = item::dedup_original(&original)?;
                 if timestamp.timestamp_millis() > cutoff {
-                    return Ok(Inserted::Duplicate { event_id, timestamp });
+                    return Ok(Inserted::Duplicate {
+                        event_id,
+                        timestamp,
+                    });
                 }
             }
             // The record changed between the cancellation and the read:
             // decide again.
         }
-        Err(StoreError::Unavailable(Box::new(Message("dedup record kept changing"))))
+        Err(StoreError::Unavailable(Box::new(Message(
+            "dedup record kept changing",
+        ))))
     }
 
     async fn get_event_inner(
@@ -591,7 +676,10 @@ impl DynamoStore {
         delivered_cutoff: DateTime<Utc>,
     ) -> Result<Option<Event>, StoreError> {
         let Some(it) = self
-            .get_item(&self.events, item::key(item::event_pk(account, id), item::EVENT_SK))
+            .get_item(
+                &self.events,
+                item::key(item::event_pk(account, id), item::EVENT_SK),
+            )
             .await?
         else {
             return Ok(None);
@@ -606,7 +694,11 @@ impl DynamoStore {
         Ok((event.account == *account).then_some(event))
     }
 
-    async fn inbox_inner(&self, account: &AccountId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+    async fn inbox_inner(
+        &self,
+        account: &AccountId,
+        query: &InboxQuery,
+    ) -> Result<InboxPage, StoreError> {
         let limit = usize::try_from(query.limit.clamp(1, 200)).unwrap_or(200);
         let after = match &query.after {
             None => None,
@@ -622,8 +714,13 @@ impl DynamoStore {
                         vec![(":pk", pk), (":after", item::s(a.hyphenated().to_string()))],
                     ),
                 };
-                let attr_names = if after.is_some() { names(&[PK, SK]) } else { names(&[PK]) };
-                self.query(None, cond, attr_names, values(vals), Some(limit + 1)).await?
+                let attr_names = if after.is_some() {
+                    names(&[PK, SK])
+                } else {
+                    names(&[PK])
+                };
+                self.query(None, cond, attr_names, values(vals), Some(limit + 1))
+                    .await?
             }
             Some(t) => match item::type_range(t, after) {
                 None => Vec::new(),
@@ -632,7 +729,11 @@ impl DynamoStore {
                         Some(item::BY_TYPE_INDEX),
                         "#pk = :pk AND #tsk BETWEEN :lo AND :hi",
                         names(&[PK, TSK]),
-                        values(vec![(":pk", pk), (":lo", item::s(lo)), (":hi", item::s(hi))]),
+                        values(vec![
+                            (":pk", pk),
+                            (":lo", item::s(lo)),
+                            (":hi", item::s(hi)),
+                        ]),
                         Some(limit + 1),
                     )
                     .await?
@@ -644,7 +745,11 @@ impl DynamoStore {
         for it in items.iter().take(limit) {
             let event = self.to_event(it).await?;
             // A 128-bit type-hash collision would show here; never expected.
-            if query.event_type.as_ref().is_some_and(|t| *t != event.event_type) {
+            if query
+                .event_type
+                .as_ref()
+                .is_some_and(|t| *t != event.event_type)
+            {
                 continue;
             }
             events.push(event);
@@ -652,7 +757,11 @@ impl DynamoStore {
         let last = events
             .last()
             .map(|e| Position(e.event_id.as_uuid().as_bytes().to_vec()));
-        Ok(InboxPage { events, has_more, last })
+        Ok(InboxPage {
+            events,
+            has_more,
+            last,
+        })
     }
 
     async fn ack_inner(
@@ -688,7 +797,9 @@ impl DynamoStore {
                     (":now", item::ms(&now)),
                     (":ttl", item::ttl_secs(&expires)),
                 ])))
-                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
                 .build()
                 .map_err(StoreError::internal)?;
             let remove = Delete::builder()
@@ -707,7 +818,10 @@ impl DynamoStore {
                     .update_expression("SET #ttl = :ttl")
                     .condition_expression("attribute_exists(#pk)")
                     .set_expression_attribute_names(Some(names(&[PK, TTL])))
-                    .set_expression_attribute_values(Some(values(vec![(":ttl", item::ttl_secs(&expires))])))
+                    .set_expression_attribute_values(Some(values(vec![(
+                        ":ttl",
+                        item::ttl_secs(&expires),
+                    )])))
                     .build()
                     .map_err(StoreError::internal)?;
                 writes.push(TransactWriteItem::builder().update(part).build());
@@ -722,7 +836,11 @@ impl DynamoStore {
             }
             // ALL_OLD: the reason carries the item if it exists. None: it
             // never existed, or was purged (and is not recreated).
-            let Some(old) = reasons.first().and_then(|r| r.item.clone()).filter(|it| !it.is_empty()) else {
+            let Some(old) = reasons
+                .first()
+                .and_then(|r| r.item.clone())
+                .filter(|it| !it.is_empty())
+            else {
                 return Ok(AckOutcome::NotFound);
             };
             if let Some(da) = item::get_opt_ms(&old, A_DELIVERED_AT, "event.delivered_at")? {
@@ -734,10 +852,15 @@ impl DynamoStore {
             }
             parts = Some(item::meta_parts(&old)?);
         }
-        Err(StoreError::Unavailable(Box::new(Message("event kept changing during ack"))))
+        Err(StoreError::Unavailable(Box::new(Message(
+            "event kept changing during ack",
+        ))))
     }
 
-    async fn scan_keys(&self, filter: Option<(&str, AttributeValue)>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    async fn scan_keys(
+        &self,
+        filter: Option<(&str, AttributeValue)>,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -762,11 +885,17 @@ impl DynamoStore {
                 _ => break,
             }
         }
-        out.sort_by(|a, b| (a.created_at, a.key_id.as_str()).cmp(&(b.created_at, b.key_id.as_str())));
+        out.sort_by(|a, b| {
+            (a.created_at, a.key_id.as_str()).cmp(&(b.created_at, b.key_id.as_str()))
+        });
         Ok(out)
     }
 
-    async fn update_key_inner(&self, key_id: &KeyId, change: KeyChange) -> Result<Option<ApiKeyRecord>, StoreError> {
+    async fn update_key_inner(
+        &self,
+        key_id: &KeyId,
+        change: KeyChange,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let (attr, value) = match change {
             KeyChange::Status(s) => (item::K_STATUS, item::s(s.as_str())),
             KeyChange::RateLimit(n) => (item::K_RATE, item::n(i64::from(n))),
@@ -785,7 +914,12 @@ impl DynamoStore {
             .await;
         match res {
             Ok(out) => out.attributes.as_ref().map(item::item_to_key).transpose(),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(None),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(sdk_err(e)),
         }
     }
@@ -808,8 +942,14 @@ impl DynamoStore {
         match res {
             Ok(_) => Ok(fresh),
             // Another instance created it first: use theirs.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-                let it = self.get_item(&self.events, key).await?.ok_or(corrupt("secret"))?;
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                let it = self
+                    .get_item(&self.events, key)
+                    .await?
+                    .ok_or(corrupt("secret"))?;
                 item::secret_from_item(&it)
             }
             Err(e) => Err(sdk_err(e)),
@@ -855,7 +995,10 @@ impl Store for DynamoStore {
                 .await;
             match res {
                 Ok(_) => Ok(()),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                {
                     Err(StoreError::Conflict)
                 }
                 Err(e) => Err(sdk_err(e)),
@@ -880,12 +1023,19 @@ impl Store for DynamoStore {
 
     /// Admin path: a consistent Scan of the keys table (which holds keys
     /// only), filtered by account when given.
-    async fn list_keys(&self, account: Option<&AccountId>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.within(self.scan_keys(account.map(|a| (item::K_ACCOUNT, item::s(a.as_str())))))
             .await
     }
 
-    async fn update_key(&self, key_id: &KeyId, change: KeyChange) -> Result<Option<ApiKeyRecord>, StoreError> {
+    async fn update_key(
+        &self,
+        key_id: &KeyId,
+        change: KeyChange,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.within(self.update_key_inner(key_id, change)).await
     }
 
@@ -893,7 +1043,9 @@ impl Store for DynamoStore {
     /// then one conditional UpdateItem per key.
     async fn revoke_keys_by_email(&self, email: &Email) -> Result<Vec<KeyId>, StoreError> {
         self.within(async {
-            let keys = self.scan_keys(Some((item::K_EMAIL, item::s(email.as_str())))).await?;
+            let keys = self
+                .scan_keys(Some((item::K_EMAIL, item::s(email.as_str()))))
+                .await?;
             let mut revoked = Vec::with_capacity(keys.len());
             for k in keys {
                 if self
@@ -929,7 +1081,11 @@ impl Store for DynamoStore {
 
     /// One strongly consistent Query of the account's inbox partition (or
     /// of its by-type LSI), `limit + 1` items; more only past 1 MB.
-    async fn inbox(&self, account: &AccountId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+    async fn inbox(
+        &self,
+        account: &AccountId,
+        query: &InboxQuery,
+    ) -> Result<InboxPage, StoreError> {
         self.within(self.inbox_inner(account, query)).await
     }
 
@@ -948,7 +1104,119 @@ impl Store for DynamoStore {
 
     /// DynamoDB's TTL deletes delivered events and dedup records (the `ttl`
     /// attribute); reads already hide what is past its cutoff. Nothing to do.
-    async fn purge(&self, _delivered_cutoff: DateTime<Utc>, _dedup_cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn purge(
+        &self,
+        _delivered_cutoff: DateTime<Utc>,
+        _dedup_cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_dynamodb::operation::get_item::GetItemError;
+    use aws_smithy_types::body::SdkBody;
+
+    fn service_error(code: &str, status: u16) -> SdkError<GetItemError> {
+        let raw = axum::http::Response::builder()
+            .status(status)
+            .body(SdkBody::empty())
+            .expect("a response");
+        let raw = HttpResponse::try_from(raw).expect("a response");
+        SdkError::service_error(
+            GetItemError::generic(ErrorMetadata::builder().code(code).build()),
+            raw,
+        )
+    }
+
+    #[test]
+    fn throttling_overload_and_no_answer_are_unavailable() {
+        for (code, status) in [
+            ("ProvisionedThroughputExceededException", 400),
+            ("ThrottlingException", 400),
+            ("RequestLimitExceeded", 400),
+            ("TransactionConflictException", 400),
+            ("InternalServerError", 500),
+            ("Whatever", 503),
+        ] {
+            let e = sdk_err(service_error(code, status));
+            assert!(matches!(e, StoreError::Unavailable(_)), "{code}: {e:?}");
+            // The SDK error is the source, boxed, not a string.
+            let source = std::error::Error::source(&e).expect("a source");
+            assert!(source.downcast_ref::<SdkError<GetItemError>>().is_some());
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e: SdkError<GetItemError> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(io)));
+        assert!(matches!(sdk_err(e), StoreError::Unavailable(_)));
+        let e: SdkError<GetItemError> = SdkError::timeout_error(Box::new(Message("slow")));
+        assert!(matches!(sdk_err(e), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn client_errors_are_internal() {
+        for code in [
+            "ValidationException",
+            "ResourceNotFoundException",
+            "AccessDeniedException",
+        ] {
+            assert!(
+                matches!(sdk_err(service_error(code, 400)), StoreError::Internal(_)),
+                "{code}"
+            );
+        }
+        let e: SdkError<GetItemError> =
+            SdkError::construction_failure(Box::new(Message("bad input")));
+        assert!(matches!(sdk_err(e), StoreError::Internal(_)));
+    }
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|c| CancellationReason::builder().code(*c).build())
+            .collect()
+    }
+
+    #[test]
+    fn cancellations_are_classified() {
+        assert!(matches!(
+            tx_verdict(&reasons(&["ConditionalCheckFailed", "None", "None"])),
+            TxVerdict::ConditionFailed
+        ));
+        // A condition decides even when another item also conflicted.
+        assert!(matches!(
+            tx_verdict(&reasons(&["TransactionConflict", "ConditionalCheckFailed"])),
+            TxVerdict::ConditionFailed
+        ));
+        assert!(matches!(
+            tx_verdict(&reasons(&["None", "TransactionConflict", "None"])),
+            TxVerdict::Retry
+        ));
+        for throttled in [
+            "ThrottlingError",
+            "ProvisionedThroughputExceeded",
+            "ItemCollectionSizeLimitExceeded",
+        ] {
+            assert!(matches!(
+                tx_verdict(&reasons(&["None", throttled])),
+                TxVerdict::Fail(StoreError::Unavailable(_))
+            ));
+        }
+        assert!(matches!(
+            tx_verdict(&reasons(&["ValidationError", "None"])),
+            TxVerdict::Fail(StoreError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn table_prefixes_are_validated() {
+        assert!(validate_prefix("triggers-prod_1.x").is_ok());
+        for bad in ["", "has space", "slash/", &"x".repeat(201)] {
+            assert!(validate_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 }

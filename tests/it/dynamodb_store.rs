@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeDelta, Utc};
 use triggers_api::domain::{
-    trunc_ms, AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus, Role,
-    Source,
+    trunc_ms, AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId,
+    KeyStatus, Role, Source,
 };
 use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
 use triggers_api::store::{
-    AckOutcome, Dedup, Fingerprint, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store, StoreError,
+    AckOutcome, Dedup, Fingerprint, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
+    StoreError,
 };
 
 const ENDPOINT_VAR: &str = "TRIGGERS_TEST_DYNAMODB_ENDPOINT";
@@ -65,7 +66,9 @@ fn new_prefix() -> String {
 
 /// A store on brand-new tables of its own.
 async fn fresh() -> DynamoStore {
-    let store = DynamoStore::connect(&config(&new_prefix())).await.expect("connect");
+    let store = DynamoStore::connect(&config(&new_prefix()))
+        .await
+        .expect("connect");
     store.create_tables().await.expect("create tables");
     store
 }
@@ -112,7 +115,10 @@ fn unique_dedup() -> Dedup {
 }
 
 async fn insert(store: &DynamoStore, e: &NewEvent) {
-    let r = store.insert_event(e.clone(), unique_dedup()).await.expect("insert");
+    let r = store
+        .insert_event(e.clone(), unique_dedup())
+        .await
+        .expect("insert");
     assert_eq!(r, Inserted::Created);
 }
 
@@ -124,9 +130,17 @@ fn assert_event_matches(got: &Event, sent: &NewEvent) {
     assert_eq!(got.event_id, sent.event_id);
     assert_eq!(got.account, sent.account);
     assert_eq!(got.event_type, sent.event_type);
-    assert_eq!(got.payload.as_str(), sent.payload.as_str(), "payload text must be unchanged");
+    assert_eq!(
+        got.payload.as_str(),
+        sent.payload.as_str(),
+        "payload text must be unchanged"
+    );
     assert_eq!(got.source, sent.source);
-    assert_eq!(got.metadata.as_str(), sent.metadata.as_str(), "metadata text must be unchanged");
+    assert_eq!(
+        got.metadata.as_str(),
+        sent.metadata.as_str(),
+        "metadata text must be unchanged"
+    );
     assert_eq!(got.timestamp, sent.timestamp);
 }
 
@@ -138,7 +152,12 @@ async fn get(store: &DynamoStore, e: &NewEvent) -> Option<Event> {
 }
 
 /// Walks every page of an inbox; returns the ids and each page's has_more.
-async fn walk(store: &DynamoStore, acct: &AccountId, t: Option<&str>, limit: u32) -> (Vec<EventId>, Vec<bool>) {
+async fn walk(
+    store: &DynamoStore,
+    acct: &AccountId,
+    t: Option<&str>,
+    limit: u32,
+) -> (Vec<EventId>, Vec<bool>) {
     let mut ids = Vec::new();
     let mut more = Vec::new();
     let mut after: Option<Position> = None;
@@ -166,7 +185,11 @@ async fn walk(store: &DynamoStore, acct: &AccountId, t: Option<&str>, limit: u32
         if !page.has_more {
             return (ids, more);
         }
-        assert_eq!(page.events.len(), limit as usize, "only the last page may be short");
+        assert_eq!(
+            page.events.len(),
+            limit as usize,
+            "only the last page may be short"
+        );
         after = page.last.clone();
         assert!(after.is_some());
     }
@@ -192,7 +215,11 @@ async fn every_event_field_round_trips_exactly() {
     let cases: Vec<(String, Option<&str>, &str)> = vec![
         (deep_payload(100), Some("deep"), "{}"),
         (large, None, r#"{"trace":"t-1"}"#),
-        (numbers.to_owned(), Some(""), r#"{"n":0.10000000000000000000001}"#),
+        (
+            numbers.to_owned(),
+            Some(""),
+            r#"{"n":0.10000000000000000000001}"#,
+        ),
         (nulls.to_owned(), Some("ünïcødé source ✓"), r#"{"m":null}"#),
         (unicode.to_owned(), Some(long_source.as_str()), unicode),
         ("{}".to_owned(), None, "{}"),
@@ -250,7 +277,11 @@ async fn oversize_metadata_is_kept_in_parts_and_acked_whole() {
     let acct = account("acct-big");
     // 250 KiB payload + 250 KiB metadata: over DynamoDB's 400 KB item limit
     // together, within the API's 512 KiB body limit.
-    let mut e = new_event(&acct, "big", &format!(r#"{{"p":"{}"}}"#, "p".repeat(250 * 1024)));
+    let mut e = new_event(
+        &acct,
+        "big",
+        &format!(r#"{{"p":"{}"}}"#, "p".repeat(250 * 1024)),
+    );
     e.metadata = obj(&format!(r#"{{"m":"{}","u":"✓"}}"#, "ü".repeat(125 * 1024)));
     insert(&store, &e).await;
     assert_event_matches(&get(&store, &e).await.expect("exists"), &e);
@@ -268,11 +299,17 @@ async fn oversize_metadata_is_kept_in_parts_and_acked_whole() {
 
     let at = now();
     assert_eq!(
-        store.ack_event(&acct, &e.event_id, at, cutoff(at)).await.expect("ack"),
+        store
+            .ack_event(&acct, &e.event_id, at, cutoff(at))
+            .await
+            .expect("ack"),
         AckOutcome::Acknowledged
     );
     assert_eq!(
-        store.ack_event(&acct, &e.event_id, at, cutoff(at)).await.expect("ack again"),
+        store
+            .ack_event(&acct, &e.event_id, at, cutoff(at))
+            .await
+            .expect("ack again"),
         AckOutcome::AlreadyDelivered
     );
     let got = get(&store, &e).await.expect("still readable");
@@ -288,7 +325,10 @@ async fn oversize_metadata_is_kept_in_parts_and_acked_whole() {
         .query()
         .table_name(events_table)
         .key_condition_expression("pk = :pk")
-        .expression_attribute_values(":pk", AttributeValue::S(format!("EV#{acct}#{}", e.event_id)))
+        .expression_attribute_values(
+            ":pk",
+            AttributeValue::S(format!("EV#{acct}#{}", e.event_id)),
+        )
         .consistent_read(true)
         .send()
         .await
@@ -296,7 +336,11 @@ async fn oversize_metadata_is_kept_in_parts_and_acked_whole() {
     let items = out.items();
     assert!(items.len() >= 2, "the event item and its metadata parts");
     for it in items {
-        assert!(it.contains_key("ttl"), "every item of a delivered event expires: {:?}", it.get("sk"));
+        assert!(
+            it.contains_key("ttl"),
+            "every item of a delivered event expires: {:?}",
+            it.get("sk")
+        );
     }
 }
 
@@ -312,7 +356,10 @@ async fn dedup_holds_inside_the_window_and_not_outside() {
     let mut first = new_event(&acct, "t", r#"{"a":1}"#);
     first.timestamp = t0;
     assert_eq!(
-        store.insert_event(first.clone(), dedup).await.expect("insert"),
+        store
+            .insert_event(first.clone(), dedup)
+            .await
+            .expect("insert"),
         Inserted::Created
     );
 
@@ -320,13 +367,19 @@ async fn dedup_holds_inside_the_window_and_not_outside() {
     let mut dup = new_event(&acct, "t", r#"{"a":1}"#);
     dup.timestamp = t0 + TimeDelta::milliseconds(299_999);
     assert_eq!(
-        store.insert_event(dup.clone(), dedup).await.expect("insert"),
+        store
+            .insert_event(dup.clone(), dedup)
+            .await
+            .expect("insert"),
         Inserted::Duplicate {
             event_id: first.event_id,
             timestamp: t0
         }
     );
-    assert!(get(&store, &dup).await.is_none(), "a duplicate writes no event");
+    assert!(
+        get(&store, &dup).await.is_none(),
+        "a duplicate writes no event"
+    );
 
     // The same fingerprint in another account is another event.
     let mut other = new_event(&account("acct-other"), "t", r#"{"a":1}"#);
@@ -341,7 +394,10 @@ async fn dedup_holds_inside_the_window_and_not_outside() {
     let mut later = new_event(&acct, "t", r#"{"a":1}"#);
     later.timestamp = t0 + TimeDelta::milliseconds(300_000);
     assert_eq!(
-        store.insert_event(later.clone(), dedup).await.expect("insert"),
+        store
+            .insert_event(later.clone(), dedup)
+            .await
+            .expect("insert"),
         Inserted::Created
     );
     // ...which opens a window of its own.
@@ -358,11 +414,16 @@ async fn dedup_holds_inside_the_window_and_not_outside() {
     // The dedup window survives a new store instance (another server).
     let (events, _) = store.table_names();
     let prefix = events.trim_end_matches("-events").to_owned();
-    let second = DynamoStore::connect(&config(&prefix)).await.expect("connect");
+    let second = DynamoStore::connect(&config(&prefix))
+        .await
+        .expect("connect");
     let mut via_second = new_event(&acct, "t", r#"{"a":1}"#);
     via_second.timestamp = later.timestamp + TimeDelta::seconds(2);
     assert_eq!(
-        second.insert_event(via_second, dedup).await.expect("insert"),
+        second
+            .insert_event(via_second, dedup)
+            .await
+            .expect("insert"),
         Inserted::Duplicate {
             event_id: later.event_id,
             timestamp: later.timestamp
@@ -373,7 +434,7 @@ async fn dedup_holds_inside_the_window_and_not_outside() {
     assert_eq!(ids, vec![first.event_id, later.event_id]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_identical_inserts_create_exactly_one_event() {
     let store = Arc::new(fresh().await);
     let acct = account("acct-race");
@@ -399,8 +460,15 @@ async fn concurrent_identical_inserts_create_exactly_one_event() {
             }
         }
     }
+    eprintln!(
+        "20 concurrent inserts: {:?}",
+        store.request_counts().get("TransactWriteItems")
+    );
     assert_eq!(created.len(), 1, "exactly one insert creates the event");
-    assert!(originals.iter().all(|id| *id == created[0]), "duplicates name the original");
+    assert!(
+        originals.iter().all(|id| *id == created[0]),
+        "duplicates name the original"
+    );
     let (ids, _) = walk(&store, &acct, None, 50).await;
     assert_eq!(ids, created);
 }
@@ -424,7 +492,10 @@ async fn inbox_pages_in_order_with_filter_and_acks_interleaved() {
     let mut acked = HashSet::new();
     for (i, e) in all.iter().enumerate() {
         if i % 3 == 0 || e.event_type.as_str() == "c" {
-            let r = store.ack_event(&acct, &e.event_id, at, cutoff(at)).await.expect("ack");
+            let r = store
+                .ack_event(&acct, &e.event_id, at, cutoff(at))
+                .await
+                .expect("ack");
             assert_eq!(r, AckOutcome::Acknowledged);
             acked.insert(e.event_id);
         }
@@ -457,9 +528,49 @@ async fn inbox_pages_in_order_with_filter_and_acks_interleaved() {
     insert(&store, &e).await;
     let (ids, _) = walk(&store, &acct, Some("ryw"), 10).await;
     assert_eq!(ids, vec![e.event_id]);
-    store.ack_event(&acct, &e.event_id, at, cutoff(at)).await.expect("ack");
+    store
+        .ack_event(&acct, &e.event_id, at, cutoff(at))
+        .await
+        .expect("ack");
     let (ids, _) = walk(&store, &acct, Some("ryw"), 10).await;
     assert!(ids.is_empty());
+}
+
+#[tokio::test]
+async fn inbox_pages_larger_than_one_megabyte_are_complete() {
+    // DynamoDB returns at most 1 MB per Query: a page of big events takes
+    // several calls, and has_more must still be exact.
+    let store = fresh().await;
+    let acct = account("acct-heavy");
+    let mut sent = Vec::new();
+    for i in 0..9 {
+        let t = if i % 3 == 0 { "x" } else { "y" };
+        let e = new_event(
+            &acct,
+            t,
+            &format!(r#"{{"i":{i},"blob":"{}"}}"#, "b".repeat(250 * 1024)),
+        );
+        insert(&store, &e).await;
+        sent.push(e);
+    }
+    sent.sort_by_key(|e| e.event_id);
+    let all: Vec<EventId> = sent.iter().map(|e| e.event_id).collect();
+    for limit in [4, 8, 9, 200] {
+        let (ids, _) = walk(&store, &acct, None, limit).await;
+        assert_eq!(ids, all, "limit {limit}");
+    }
+    let ys: Vec<EventId> = sent
+        .iter()
+        .filter(|e| e.event_type.as_str() == "y")
+        .map(|e| e.event_id)
+        .collect();
+    for limit in [5, 6, 200] {
+        let (ids, _) = walk(&store, &acct, Some("y"), limit).await;
+        assert_eq!(ids, ys, "type y, limit {limit}");
+    }
+    let (calls, n) = count(&store, walk(&store, &acct, None, 200)).await;
+    assert_eq!(calls.0.len(), 9);
+    assert!(n.get("Query").copied().unwrap_or(0) >= 2, "paged past 1 MB: {n:?}");
 }
 
 #[tokio::test]
@@ -471,17 +582,27 @@ async fn ack_is_idempotent_keeps_first_delivery_and_honours_the_cutoff() {
 
     let first = now();
     assert_eq!(
-        store.ack_event(&acct, &e.event_id, first, cutoff(first)).await.expect("ack"),
+        store
+            .ack_event(&acct, &e.event_id, first, cutoff(first))
+            .await
+            .expect("ack"),
         AckOutcome::Acknowledged
     );
     let later = first + TimeDelta::seconds(10);
     assert_eq!(
-        store.ack_event(&acct, &e.event_id, later, cutoff(later)).await.expect("ack"),
+        store
+            .ack_event(&acct, &e.event_id, later, cutoff(later))
+            .await
+            .expect("ack"),
         AckOutcome::AlreadyDelivered
     );
     let got = get(&store, &e).await.expect("still readable after ack");
     assert!(got.delivered);
-    assert_eq!(got.delivered_at, Some(first), "a second ack keeps the first delivered_at");
+    assert_eq!(
+        got.delivered_at,
+        Some(first),
+        "a second ack keeps the first delivered_at"
+    );
 
     // The item carries the TTL: delivered_at + retention, in epoch seconds.
     let raw = raw_client().await;
@@ -532,7 +653,10 @@ async fn ack_is_idempotent_keeps_first_delivery_and_honours_the_cutoff() {
     // creates nothing.
     let ghost = EventId::new_v7();
     assert_eq!(
-        store.ack_event(&acct, &ghost, first, cutoff(first)).await.expect("ack"),
+        store
+            .ack_event(&acct, &ghost, first, cutoff(first))
+            .await
+            .expect("ack"),
         AckOutcome::NotFound
     );
     assert!(store
@@ -566,7 +690,11 @@ async fn ack_is_idempotent_keeps_first_delivery_and_honours_the_cutoff() {
         .expect("raw get");
     assert!(out.item.is_none(), "an ack never creates an event");
     let (ids, _) = walk(&store, &acct, None, 10).await;
-    assert_eq!(ids, vec![pending.event_id], "the stranger's ack left it in the inbox");
+    assert_eq!(
+        ids,
+        vec![pending.event_id],
+        "the stranger's ack left it in the inbox"
+    );
 }
 
 fn key_record(id: &str, acct: &str, email: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
@@ -587,16 +715,30 @@ async fn keys_create_get_list_update_revoke() {
     let store = fresh().await;
     let t = now();
     let a1 = key_record("aaaaaaaaaaaaaaa1", "acct-1", "ann@example.com", t);
-    let a2 = key_record("aaaaaaaaaaaaaaa2", "acct-1", "bob@example.com", t + TimeDelta::milliseconds(1));
+    let a2 = key_record(
+        "aaaaaaaaaaaaaaa2",
+        "acct-1",
+        "bob@example.com",
+        t + TimeDelta::milliseconds(1),
+    );
     let mut b1 = key_record("0aaaaaaaaaaaaaa3", "acct-2", "ann@example.com", t);
     b1.role = Role::Viewer;
     for k in [&a1, &a2, &b1] {
         store.create_key(k).await.expect("create");
     }
-    assert!(matches!(store.create_key(&a1).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.create_key(&a1).await,
+        Err(StoreError::Conflict)
+    ));
 
-    assert_eq!(store.get_key(&a1.key_id).await.expect("get"), Some(a1.clone()));
-    assert_eq!(store.get_key(&b1.key_id).await.expect("get"), Some(b1.clone()));
+    assert_eq!(
+        store.get_key(&a1.key_id).await.expect("get"),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        store.get_key(&b1.key_id).await.expect("get"),
+        Some(b1.clone())
+    );
     let missing = KeyId::parse("zzzzzzzzzzzzzzzz").expect("valid");
     assert_eq!(store.get_key(&missing).await.expect("get"), None);
 
@@ -606,10 +748,17 @@ async fn keys_create_get_list_update_revoke() {
         vec![b1.clone(), a1.clone(), a2.clone()]
     );
     assert_eq!(
-        store.list_keys(Some(&account("acct-1"))).await.expect("list"),
+        store
+            .list_keys(Some(&account("acct-1")))
+            .await
+            .expect("list"),
         vec![a1.clone(), a2.clone()]
     );
-    assert!(store.list_keys(Some(&account("nobody"))).await.expect("list").is_empty());
+    assert!(store
+        .list_keys(Some(&account("nobody")))
+        .await
+        .expect("list")
+        .is_empty());
 
     let inactive = store
         .update_key(&a2.key_id, KeyChange::Status(KeyStatus::Inactive))
@@ -632,7 +781,11 @@ async fn keys_create_get_list_update_revoke() {
             .expect("update"),
         None
     );
-    assert_eq!(store.get_key(&missing).await.expect("get"), None, "no upsert");
+    assert_eq!(
+        store.get_key(&missing).await.expect("get"),
+        None,
+        "no upsert"
+    );
 
     let revoked = store
         .revoke_keys_by_email(&Email::parse("ann@example.com").expect("valid"))
@@ -644,7 +797,12 @@ async fn keys_create_get_list_update_revoke() {
         assert_eq!(k.status, KeyStatus::Revoked);
     }
     assert_eq!(
-        store.get_key(&a2.key_id).await.expect("get").expect("exists").status,
+        store
+            .get_key(&a2.key_id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .status,
         KeyStatus::Inactive,
         "other owners' keys untouched"
     );
@@ -655,7 +813,7 @@ async fn keys_create_get_list_update_revoke() {
         .is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_are_created_once_and_shared() {
     let store = Arc::new(fresh().await);
     let tasks: Vec<_> = (0..8)
@@ -675,8 +833,14 @@ async fn secrets_are_created_once_and_shared() {
 
     let (events, _) = store.table_names();
     let prefix = events.trim_end_matches("-events").to_owned();
-    let second = DynamoStore::connect(&config(&prefix)).await.expect("connect");
-    assert_eq!(second.secret("cursor").await.expect("secret"), s, "shared by instances");
+    let second = DynamoStore::connect(&config(&prefix))
+        .await
+        .expect("connect");
+    assert_eq!(
+        second.secret("cursor").await.expect("secret"),
+        s,
+        "shared by instances"
+    );
 }
 
 #[tokio::test]
@@ -689,7 +853,9 @@ async fn create_tables_is_idempotent_and_ping_answers() {
         .map(|_| {
             let prefix = prefix.clone();
             tokio::spawn(async move {
-                let s = DynamoStore::connect(&config(&prefix)).await.expect("connect");
+                let s = DynamoStore::connect(&config(&prefix))
+                    .await
+                    .expect("connect");
                 s.create_tables().await
             })
         })
@@ -706,7 +872,9 @@ async fn create_tables_is_idempotent_and_ping_answers() {
         .map(|_| {
             let prefix = prefix.clone();
             tokio::spawn(async move {
-                let s = DynamoStore::connect(&config(&prefix)).await.expect("connect");
+                let s = DynamoStore::connect(&config(&prefix))
+                    .await
+                    .expect("connect");
                 s.create_tables().await
             })
         })
@@ -715,7 +883,9 @@ async fn create_tables_is_idempotent_and_ping_answers() {
         t.await.expect("task").expect("racing create_tables");
     }
     // A store whose tables do not exist is not healthy.
-    let missing = DynamoStore::connect(&config(&new_prefix())).await.expect("connect");
+    let missing = DynamoStore::connect(&config(&new_prefix()))
+        .await
+        .expect("connect");
     assert!(missing.ping().await.is_err());
 }
 
@@ -737,30 +907,30 @@ async fn assert_unavailable_within<T: std::fmt::Debug>(
     );
 }
 
+/// Every request-path operation, concurrently (each timed on its own).
 async fn exercise_unavailable(store: &DynamoStore, budget: Duration) {
     let acct = account("acct");
     let e = new_event(&acct, "t", "{}");
     let at = now();
-    assert_unavailable_within("ping", budget, store.ping()).await;
-    assert_unavailable_within("insert", budget, store.insert_event(e.clone(), unique_dedup())).await;
-    assert_unavailable_within("get_event", budget, store.get_event(&acct, &e.event_id, at)).await;
-    assert_unavailable_within(
-        "inbox",
-        budget,
-        store.inbox(
-            &acct,
-            &InboxQuery {
-                after: None,
-                event_type: None,
-                limit: 10,
-            },
-        ),
-    )
-    .await;
-    assert_unavailable_within("ack", budget, store.ack_event(&acct, &e.event_id, at, at)).await;
     let id = KeyId::parse("abcdefghijklmnop").expect("valid");
-    assert_unavailable_within("get_key", budget, store.get_key(&id)).await;
-    assert_unavailable_within("secret", budget, store.secret("s")).await;
+    let query = InboxQuery {
+        after: None,
+        event_type: None,
+        limit: 10,
+    };
+    tokio::join!(
+        assert_unavailable_within("ping", budget, store.ping()),
+        assert_unavailable_within(
+            "insert",
+            budget,
+            store.insert_event(e.clone(), unique_dedup())
+        ),
+        assert_unavailable_within("get_event", budget, store.get_event(&acct, &e.event_id, at)),
+        assert_unavailable_within("inbox", budget, store.inbox(&acct, &query)),
+        assert_unavailable_within("ack", budget, store.ack_event(&acct, &e.event_id, at, at)),
+        assert_unavailable_within("get_key", budget, store.get_key(&id)),
+        assert_unavailable_within("secret", budget, store.secret("s")),
+    );
 }
 
 #[tokio::test]
@@ -773,15 +943,19 @@ async fn an_unreachable_endpoint_is_unavailable_within_the_budget() {
         request_timeout: budget,
         max_attempts: 3,
     };
-    let store = DynamoStore::connect(&cfg).await.expect("connect builds a client only");
+    let store = DynamoStore::connect(&cfg)
+        .await
+        .expect("connect builds a client only");
     exercise_unavailable(&store, budget).await;
 }
 
 #[tokio::test]
 async fn a_silent_endpoint_times_out_within_the_budget() {
     endpoint(); // credentials
-    // Accepts connections and never answers: only timeouts can end a call.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                // Accepts connections and never answers: only timeouts can end a call.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hold = tokio::spawn(async move {
         let mut conns = Vec::new();
@@ -810,7 +984,10 @@ async fn raw_client() -> aws_sdk_dynamodb::Client {
 }
 
 /// Requests sent (by operation) while `f` runs.
-async fn count<T>(store: &DynamoStore, f: impl std::future::Future<Output = T>) -> (T, BTreeMap<String, u64>) {
+async fn count<T>(
+    store: &DynamoStore,
+    f: impl std::future::Future<Output = T>,
+) -> (T, BTreeMap<String, u64>) {
     let before = store.request_counts();
     let out = f.await;
     let mut diff = BTreeMap::new();
@@ -879,22 +1056,54 @@ async fn request_counts_per_operation() {
     check("DELETE /events/{id}", c, &[("TransactWriteItems", 1)]);
     let (r, c) = count(&store, store.ack_event(&acct, &e.event_id, at, cutoff(at))).await;
     assert_eq!(r.expect("ack"), AckOutcome::AlreadyDelivered);
-    check("DELETE /events/{id} (again)", c, &[("TransactWriteItems", 1)]);
-    let (r, c) = count(&store, store.ack_event(&acct, &EventId::new_v7(), at, cutoff(at))).await;
+    check(
+        "DELETE /events/{id} (again)",
+        c,
+        &[("TransactWriteItems", 1)],
+    );
+    let (r, c) = count(
+        &store,
+        store.ack_event(&acct, &EventId::new_v7(), at, cutoff(at)),
+    )
+    .await;
     assert_eq!(r.expect("ack"), AckOutcome::NotFound);
-    check("DELETE /events/{id} (unknown)", c, &[("TransactWriteItems", 1)]);
+    check(
+        "DELETE /events/{id} (unknown)",
+        c,
+        &[("TransactWriteItems", 1)],
+    );
 
-    let mut big = new_event(&acct, "t", &format!(r#"{{"p":"{}"}}"#, "p".repeat(250 * 1024)));
+    let mut big = new_event(
+        &acct,
+        "t",
+        &format!(r#"{{"p":"{}"}}"#, "p".repeat(250 * 1024)),
+    );
     big.metadata = obj(&format!(r#"{{"m":"{}"}}"#, "m".repeat(250 * 1024)));
     let (r, c) = count(&store, store.insert_event(big.clone(), unique_dedup())).await;
     assert_eq!(r.expect("insert"), Inserted::Created);
-    check("POST /events (metadata in parts)", c, &[("TransactWriteItems", 1)]);
+    check(
+        "POST /events (metadata in parts)",
+        c,
+        &[("TransactWriteItems", 1)],
+    );
     let (r, c) = count(&store, store.get_event(&acct, &big.event_id, cutoff(now()))).await;
     assert!(r.expect("get").is_some());
-    check("GET /events/{id} (metadata in parts)", c, &[("GetItem", 1), ("Query", 1)]);
-    let (r, c) = count(&store, store.ack_event(&acct, &big.event_id, at, cutoff(at))).await;
+    check(
+        "GET /events/{id} (metadata in parts)",
+        c,
+        &[("GetItem", 1), ("Query", 1)],
+    );
+    let (r, c) = count(
+        &store,
+        store.ack_event(&acct, &big.event_id, at, cutoff(at)),
+    )
+    .await;
     assert_eq!(r.expect("ack"), AckOutcome::Acknowledged);
-    check("DELETE /events/{id} (metadata in parts)", c, &[("TransactWriteItems", 2)]);
+    check(
+        "DELETE /events/{id} (metadata in parts)",
+        c,
+        &[("TransactWriteItems", 2)],
+    );
 
     let k = key_record("cccccccccccccccc", "acct-count", "c@example.com", now());
     let (r, c) = count(&store, store.create_key(&k)).await;
@@ -913,7 +1122,11 @@ async fn request_counts_per_operation() {
     store.create_key(&k2).await.expect("create");
     let (r, c) = count(&store, store.revoke_keys_by_email(&k.email)).await;
     assert_eq!(r.expect("revoke").len(), 2);
-    check("keys revoke --email (2 keys)", c, &[("Scan", 1), ("UpdateItem", 2)]);
+    check(
+        "keys revoke --email (2 keys)",
+        c,
+        &[("Scan", 1), ("UpdateItem", 2)],
+    );
 
     let (r, c) = count(&store, store.secret("cursor")).await;
     r.expect("secret");

@@ -162,7 +162,12 @@ fn value_size(v: &AttributeValue) -> usize {
     match v {
         AttributeValue::S(x) | AttributeValue::N(x) => x.len() + 1,
         AttributeValue::B(b) => b.as_ref().len() + 1,
-        AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| k.len() + 1 + value_size(v)).sum::<usize>(),
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| k.len() + 1 + value_size(v))
+                .sum::<usize>()
+        }
         AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
         AttributeValue::Ss(x) | AttributeValue::Ns(x) => x.iter().map(|v| v.len() + 1).sum(),
         AttributeValue::Bs(x) => x.iter().map(|v| v.as_ref().len() + 1).sum(),
@@ -204,7 +209,11 @@ pub(crate) fn event_items(e: &NewEvent) -> EventItems {
     event_items_with_limits(e, MAX_INLINE_ITEM, PART_BYTES)
 }
 
-pub(crate) fn event_items_with_limits(e: &NewEvent, max_inline: usize, part_bytes: usize) -> EventItems {
+pub(crate) fn event_items_with_limits(
+    e: &NewEvent,
+    max_inline: usize,
+    part_bytes: usize,
+) -> EventItems {
     let pk = event_pk(&e.account, &e.event_id);
     let mut common: Item = HashMap::from([
         (A_ID.to_owned(), s(e.event_id.to_string())),
@@ -227,7 +236,10 @@ pub(crate) fn event_items_with_limits(e: &NewEvent, max_inline: usize, part_byte
         common.insert(A_METADATA.to_owned(), s(e.metadata.as_str()));
         inbox.insert(A_METADATA.to_owned(), s(e.metadata.as_str()));
     } else {
-        for (i, piece) in split_text(e.metadata.as_str(), part_bytes).into_iter().enumerate() {
+        for (i, piece) in split_text(e.metadata.as_str(), part_bytes)
+            .into_iter()
+            .enumerate()
+        {
             let mut part = key(pk.clone(), part_sk(i));
             part.insert(A_PART.to_owned(), s(piece));
             parts.push(part);
@@ -239,21 +251,33 @@ pub(crate) fn event_items_with_limits(e: &NewEvent, max_inline: usize, part_byte
 
     let mut event = common;
     event.extend(key(pk, EVENT_SK));
-    EventItems { event, inbox, parts }
+    EventItems {
+        event,
+        inbox,
+        parts,
+    }
 }
 
 fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt { what }
 }
 
-pub(crate) fn get_s<'a>(item: &'a Item, name: &str, what: &'static str) -> Result<&'a str, StoreError> {
+pub(crate) fn get_s<'a>(
+    item: &'a Item,
+    name: &str,
+    what: &'static str,
+) -> Result<&'a str, StoreError> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Ok(v),
         _ => Err(corrupt(what)),
     }
 }
 
-fn get_opt_s<'a>(item: &'a Item, name: &str, what: &'static str) -> Result<Option<&'a str>, StoreError> {
+fn get_opt_s<'a>(
+    item: &'a Item,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<&'a str>, StoreError> {
     match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::S(v)) => Ok(Some(v)),
@@ -261,7 +285,11 @@ fn get_opt_s<'a>(item: &'a Item, name: &str, what: &'static str) -> Result<Optio
     }
 }
 
-pub(crate) fn get_opt_n(item: &Item, name: &str, what: &'static str) -> Result<Option<i64>, StoreError> {
+pub(crate) fn get_opt_n(
+    item: &Item,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<i64>, StoreError> {
     match item.get(name) {
         None => Ok(None),
         Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt(what)),
@@ -273,11 +301,19 @@ pub(crate) fn get_n(item: &Item, name: &str, what: &'static str) -> Result<i64, 
     get_opt_n(item, name, what)?.ok_or(corrupt(what))
 }
 
-pub(crate) fn get_ms(item: &Item, name: &str, what: &'static str) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn get_ms(
+    item: &Item,
+    name: &str,
+    what: &'static str,
+) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(get_n(item, name, what)?).ok_or(corrupt(what))
 }
 
-pub(crate) fn get_opt_ms(item: &Item, name: &str, what: &'static str) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub(crate) fn get_opt_ms(
+    item: &Item,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     get_opt_n(item, name, what)?
         .map(|v| DateTime::from_timestamp_millis(v).ok_or(corrupt(what)))
         .transpose()
@@ -297,7 +333,12 @@ pub(crate) fn meta_parts(item: &Item) -> Result<usize, StoreError> {
 pub(crate) fn join_parts(parts: &[Item], expected: usize) -> Result<String, StoreError> {
     let mut pieces = parts
         .iter()
-        .map(|p| Ok((get_s(p, SK, "metadata part key")?, get_s(p, A_PART, "metadata part")?)))
+        .map(|p| {
+            Ok((
+                get_s(p, SK, "metadata part key")?,
+                get_s(p, A_PART, "metadata part")?,
+            ))
+        })
         .collect::<Result<Vec<_>, StoreError>>()?;
     if pieces.len() != expected {
         return Err(corrupt("event.metadata parts"));
@@ -312,8 +353,8 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
     let event_id = get_event_id(item)?;
     let account = AccountId::parse(get_s(item, A_ACCOUNT, "event.account")?)
         .map_err(|_| corrupt("event.account"))?;
-    let event_type =
-        EventType::parse(get_s(item, A_TYPE, "event.event_type")?).map_err(|_| corrupt("event.event_type"))?;
+    let event_type = EventType::parse(get_s(item, A_TYPE, "event.event_type")?)
+        .map_err(|_| corrupt("event.event_type"))?;
     let payload = JsonObject::from_json_text(get_s(item, A_PAYLOAD, "event.payload")?.to_owned())
         .map_err(|_| corrupt("event.payload"))?;
     let source = get_opt_s(item, A_SOURCE, "event.source")?
@@ -324,7 +365,8 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
         (None, Some(joined)) => joined,
         (None, None) => return Err(corrupt("event.metadata")),
     };
-    let metadata = JsonObject::from_json_text(metadata_text).map_err(|_| corrupt("event.metadata"))?;
+    let metadata =
+        JsonObject::from_json_text(metadata_text).map_err(|_| corrupt("event.metadata"))?;
     let timestamp = get_ms(item, A_TS, "event.timestamp")?;
     let delivered_at = get_opt_ms(item, A_DELIVERED_AT, "event.delivered_at")?;
     Ok(Event {
@@ -351,7 +393,8 @@ pub(crate) fn dedup_item(e: &NewEvent, fp: &Fingerprint, expires: &DateTime<Utc>
 
 /// The original event named by a dedup record.
 pub(crate) fn dedup_original(item: &Item) -> Result<(EventId, DateTime<Utc>), StoreError> {
-    let id = EventId::parse(get_s(item, A_ID, "dedup.event_id")?).ok_or(corrupt("dedup.event_id"))?;
+    let id =
+        EventId::parse(get_s(item, A_ID, "dedup.event_id")?).ok_or(corrupt("dedup.event_id"))?;
     Ok((id, get_ms(item, A_TS, "dedup.timestamp")?))
 }
 
@@ -371,10 +414,13 @@ pub(crate) fn key_to_item(k: &ApiKeyRecord) -> Item {
 pub(crate) fn item_to_key(item: &Item) -> Result<ApiKeyRecord, StoreError> {
     Ok(ApiKeyRecord {
         key_id: KeyId::parse(get_s(item, PK, "key.key_id")?).ok_or(corrupt("key.key_id"))?,
-        account: AccountId::parse(get_s(item, K_ACCOUNT, "key.account")?).map_err(|_| corrupt("key.account"))?,
-        email: Email::parse(get_s(item, K_EMAIL, "key.email")?).map_err(|_| corrupt("key.email"))?,
+        account: AccountId::parse(get_s(item, K_ACCOUNT, "key.account")?)
+            .map_err(|_| corrupt("key.account"))?,
+        email: Email::parse(get_s(item, K_EMAIL, "key.email")?)
+            .map_err(|_| corrupt("key.email"))?,
         role: Role::parse(get_s(item, K_ROLE, "key.role")?).ok_or(corrupt("key.role"))?,
-        status: KeyStatus::parse(get_s(item, K_STATUS, "key.status")?).ok_or(corrupt("key.status"))?,
+        status: KeyStatus::parse(get_s(item, K_STATUS, "key.status")?)
+            .ok_or(corrupt("key.status"))?,
         rate_limit_per_minute: u32::try_from(get_n(item, K_RATE, "key.rate_limit")?)
             .map_err(|_| corrupt("key.rate_limit"))?,
         secret_hash: get_s(item, K_HASH, "key.secret_hash")?.to_owned(),
@@ -384,14 +430,19 @@ pub(crate) fn item_to_key(item: &Item) -> Result<ApiKeyRecord, StoreError> {
 
 pub(crate) fn secret_from_item(item: &Item) -> Result<[u8; 32], StoreError> {
     match item.get(S_VALUE) {
-        Some(AttributeValue::B(b)) => <[u8; 32]>::try_from(b.as_ref()).map_err(|_| corrupt("secret")),
+        Some(AttributeValue::B(b)) => {
+            <[u8; 32]>::try_from(b.as_ref()).map_err(|_| corrupt("secret"))
+        }
         _ => Err(corrupt("secret")),
     }
 }
 
 pub(crate) fn secret_item(name: &str, value: &[u8; 32]) -> Item {
     let mut item = key(secret_pk(name), SECRET_SK);
-    item.insert(S_VALUE.to_owned(), AttributeValue::B(Blob::new(value.to_vec())));
+    item.insert(
+        S_VALUE.to_owned(),
+        AttributeValue::B(Blob::new(value.to_vec())),
+    );
     item
 }
 
@@ -445,15 +496,25 @@ mod tests {
         round_trip(&e, MAX_INLINE_ITEM, PART_BYTES);
         let items = event_items(&e);
         assert!(items.parts.is_empty());
-        assert_eq!(items.event.get(PK), Some(&s(event_pk(&e.account, &e.event_id))));
+        assert_eq!(
+            items.event.get(PK),
+            Some(&s(event_pk(&e.account, &e.event_id)))
+        );
         assert_eq!(items.inbox.get(SK), Some(&s(e.event_id.to_string())));
-        assert!(!items.event.contains_key(TSK), "only inbox items are in the type index");
+        assert!(
+            !items.event.contains_key(TSK),
+            "only inbox items are in the type index"
+        );
     }
 
     #[test]
     fn large_metadata_goes_to_parts_and_comes_back() {
         let big = format!(r#"{{"blob":"{}"}}"#, "é".repeat(300_000));
-        let e = new_event(&format!(r#"{{"p":"{}"}}"#, "x".repeat(250 * 1024)), &big, None);
+        let e = new_event(
+            &format!(r#"{{"p":"{}"}}"#, "x".repeat(250 * 1024)),
+            &big,
+            None,
+        );
         let items = event_items(&e);
         assert_eq!(items.parts.len(), 2);
         for item in [&items.event, &items.inbox] {
@@ -510,9 +571,17 @@ mod tests {
         let e = new_event("{}", "{}", None);
         let mut item = event_items(&e).event;
         item.insert(A_PAYLOAD.to_owned(), s("[1]"));
-        assert!(matches!(item_to_event(&item, None), Err(StoreError::Corrupt { what: "event.payload" })));
+        assert!(matches!(
+            item_to_event(&item, None),
+            Err(StoreError::Corrupt {
+                what: "event.payload"
+            })
+        ));
         item.remove(A_PAYLOAD);
-        assert!(matches!(item_to_event(&item, None), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            item_to_event(&item, None),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     /// Arbitrary JSON text: nested objects/arrays, strings with any chars,
@@ -527,7 +596,8 @@ mod tests {
         ];
         leaf.prop_recursive(8, 64, 6, |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(inner.clone(), 0..6)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
                 prop::collection::vec((any::<String>(), inner), 0..6).prop_map(|kv| {
                     let fields: Vec<String> = kv
                         .into_iter()
@@ -541,7 +611,10 @@ mod tests {
 
     fn json_object() -> impl Strategy<Value = String> {
         prop::collection::vec(("[a-z]{1,8}", json_value()), 0..6).prop_map(|kv| {
-            let fields: Vec<String> = kv.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let fields: Vec<String> = kv
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
             format!("{{{}}}", fields.join(","))
         })
     }
