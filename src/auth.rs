@@ -44,7 +44,9 @@ impl Caller {
         if self.role.allows(needed) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("This key's role does not allow this operation."))
+            Err(ApiError::Forbidden(
+                "This key's role does not allow this operation.",
+            ))
         }
     }
 }
@@ -123,10 +125,7 @@ impl Authenticator {
             None => {
                 // Concurrent requests with the same new key share one
                 // verification.
-                let res = self
-                    .positive
-                    .try_get_with(digest, self.verify(token))
-                    .await;
+                let res = self.positive.try_get_with(digest, self.verify(token)).await;
                 match res {
                     Ok(v) => v,
                     Err(e) => {
@@ -177,7 +176,11 @@ impl Authenticator {
             return Err(AuthError::Invalid);
         };
         let ok = {
-            let _slot = self.bcrypt_slots.acquire().await.map_err(|_| AuthError::Invalid)?;
+            let _slot = self
+                .bcrypt_slots
+                .acquire()
+                .await
+                .map_err(|_| AuthError::Invalid)?;
             let secret = presented.secret.to_owned();
             let hash = record.secret_hash.clone();
             tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash).unwrap_or(false))
@@ -202,7 +205,10 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         let (scheme, rest) = v.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 fn rate_headers(headers: &mut HeaderMap, d: &RateDecision) {
@@ -224,9 +230,11 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
         Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let decision = state
-        .limiter
-        .check(&caller.key_id, caller.rate_limit_per_minute, state.clock.now());
+    let decision = state.limiter.check(
+        &caller.key_id,
+        caller.rate_limit_per_minute,
+        state.clock.now(),
+    );
     let mut resp = if decision.allowed {
         req.extensions_mut().insert(caller);
         next.run(req).await

@@ -8,7 +8,9 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::clock::SystemClock;
-use crate::config::{Cli, Command, DynamoCommand, KeysCommand, LogFormat, ServeArgs, StoreArgs, StoreUrl};
+use crate::config::{
+    Cli, Command, DynamoCommand, KeysCommand, LogFormat, ServeArgs, StoreArgs, StoreUrl,
+};
 use crate::domain::{format_ts, AccountId};
 use crate::keys::{self, KeyError};
 use crate::store::sqlite::SqliteStore;
@@ -18,7 +20,10 @@ use crate::AppState;
 /// Entry point for `main.rs`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -64,7 +69,9 @@ async fn open_dynamodb(
 ) -> anyhow::Result<crate::store::dynamodb::DynamoStore> {
     let cfg = crate::store::dynamodb::DynamoConfig {
         table_prefix: table_prefix.to_owned(),
-        endpoint_url: std::env::var("AWS_ENDPOINT_URL").ok().filter(|s| !s.is_empty()),
+        endpoint_url: std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|s| !s.is_empty()),
         request_timeout: args.store_timeout(),
         max_attempts: 3,
     };
@@ -120,15 +127,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         StoreUrl::Dynamodb { table_prefix } => {
             let store = open_dynamodb(&args.store, table_prefix).await?;
             if args.create_tables {
-                store.create_tables().await.context("cannot create the DynamoDB tables")?;
+                store
+                    .create_tables()
+                    .await
+                    .context("cannot create the DynamoDB tables")?;
             }
             Arc::new(store)
         }
         StoreUrl::Sqlite(_) => open_store(&args.store).await?,
     };
     let store_text = store_url_text(&args.store.store);
-    if store.list_keys(None).await.map(|k| k.is_empty()).unwrap_or(false) {
-        let exe = std::env::args().next().unwrap_or_else(|| "triggers-api".into());
+    if store
+        .list_keys(None)
+        .await
+        .map(|k| k.is_empty())
+        .unwrap_or(false)
+    {
+        let exe = std::env::args()
+            .next()
+            .unwrap_or_else(|| "triggers-api".into());
         tracing::warn!(
             "the store has no API keys yet; create the first one with: {exe} keys create --store {store_text} --account my-account --email you@example.com --role creator"
         );
@@ -245,13 +262,19 @@ async fn keys_command(args: &StoreArgs, command: KeysCommand) -> anyhow::Result<
         }
         KeysCommand::Revoke { key_id, email } => match (key_id, email) {
             (Some(id), _) => {
-                keys::update(store, &id, KeyChange::Status(crate::domain::KeyStatus::Revoked))
-                    .await
-                    .map_err(explain)?;
+                keys::update(
+                    store,
+                    &id,
+                    KeyChange::Status(crate::domain::KeyStatus::Revoked),
+                )
+                .await
+                .map_err(explain)?;
                 println!("Revoked key {id}. Servers stop accepting it within the auth cache time (30 s by default).");
             }
             (None, Some(email)) => {
-                let ids = keys::revoke_by_email(store, &email).await.map_err(explain)?;
+                let ids = keys::revoke_by_email(store, &email)
+                    .await
+                    .map_err(explain)?;
                 for id in &ids {
                     println!("Revoked key {id}.");
                 }
@@ -285,7 +308,10 @@ async fn dynamodb_command(args: &StoreArgs, command: DynamoCommand) -> anyhow::R
                 }
             };
             let store = open_dynamodb(args, &prefix).await?;
-            store.create_tables().await.context("cannot create the tables")?;
+            store
+                .create_tables()
+                .await
+                .context("cannot create the tables")?;
             println!("Tables for prefix '{prefix}' are ready (TTL enabled).");
             Ok(())
         }

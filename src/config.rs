@@ -145,7 +145,11 @@ impl FromStr for StoreUrl {
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// The store: sqlite://PATH (embedded) or dynamodb://TABLE_PREFIX.
-    #[arg(long, env = "TRIGGERS_STORE", default_value = "sqlite://./data/triggers.db")]
+    #[arg(
+        long,
+        env = "TRIGGERS_STORE",
+        default_value = "sqlite://./data/triggers.db"
+    )]
     pub store: StoreUrl,
     /// Budget for one store call, in milliseconds; past it the API answers 503.
     #[arg(long, env = "TRIGGERS_STORE_TIMEOUT_MS", default_value_t = 5000)]

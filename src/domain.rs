@@ -34,7 +34,9 @@ impl AccountId {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(err("account may only contain A-Z, a-z, 0-9, '-', '_' and '.'"));
+            return Err(err(
+                "account may only contain A-Z, a-z, 0-9, '-', '_' and '.'",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -129,14 +131,19 @@ impl fmt::Display for EventId {
     }
 }
 
-/// The text of a JSON object, exactly as it will be sent back (compact, key
-/// order and number digits as the client sent them).
+/// The text of a JSON object, exactly as the client sent it (key order,
+/// whitespace, number literals) and exactly as it is sent back.
 #[derive(Debug, Clone)]
 pub struct JsonObject(Box<RawValue>);
 
 impl JsonObject {
     pub fn empty() -> Self {
         Self(RawValue::from_string("{}".to_owned()).expect("'{}' is valid JSON"))
+    }
+
+    /// From a raw value the caller has checked to be a valid object.
+    pub fn from_raw(raw: &RawValue) -> Self {
+        Self(raw.to_owned())
     }
 
     /// From text the store wrote earlier. Refuses anything that is not a
@@ -148,12 +155,6 @@ impl JsonObject {
         RawValue::from_string(text)
             .map(Self)
             .map_err(|e| err(format!("invalid JSON: {e}")))
-    }
-
-    /// From a parsed object: serialises it compactly.
-    pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> Self {
-        let text = serde_json::to_string(map).expect("a JSON map always serialises");
-        Self(RawValue::from_string(text).expect("serde_json output is valid JSON"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -316,8 +317,7 @@ impl KeyId {
 
     pub fn parse(s: &str) -> Option<Self> {
         (s.len() == Self::LEN
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()))
         .then(|| Self(s.to_owned()))
     }

@@ -91,7 +91,13 @@ impl ApiError {
                 None,
                 None,
             ),
-            Forbidden(why) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden, (*why).to_owned(), None, None),
+            Forbidden(why) => (
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                (*why).to_owned(),
+                None,
+                None,
+            ),
             NotFound => (
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,

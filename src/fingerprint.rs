@@ -129,13 +129,22 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"n":1.0}"#).unwrap();
         let c: Value = serde_json::from_str(r#"{"n":12345678901234567890123}"#).unwrap();
         let d: Value = serde_json::from_str(r#"{"n":12345678901234567890124}"#).unwrap();
-        assert_ne!(fingerprint("t", &obj(a), None), fingerprint("t", &obj(b), None));
-        assert_ne!(fingerprint("t", &obj(c), None), fingerprint("t", &obj(d), None));
+        assert_ne!(
+            fingerprint("t", &obj(a), None),
+            fingerprint("t", &obj(b), None)
+        );
+        assert_ne!(
+            fingerprint("t", &obj(c), None),
+            fingerprint("t", &obj(d), None)
+        );
     }
 
     #[test]
     fn type_and_source_boundaries_cannot_be_shifted() {
         let p = obj(json!({}));
-        assert_ne!(fingerprint("ab", &p, Some("c")), fingerprint("a", &p, Some("bc")));
+        assert_ne!(
+            fingerprint("ab", &p, Some("c")),
+            fingerprint("a", &p, Some("bc"))
+        );
     }
 }

@@ -9,7 +9,10 @@ use crate::store::{KeyChange, Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("invalid {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("no key with id {0}")]
     UnknownKey(String),
     #[error("no key belongs to {0}")]
@@ -84,7 +87,11 @@ fn parse_id(key_id: &str) -> Result<KeyId, KeyError> {
     KeyId::parse(key_id).ok_or_else(|| KeyError::UnknownKey(key_id.to_owned()))
 }
 
-pub async fn update(store: &dyn Store, key_id: &str, change: KeyChange) -> Result<ApiKeyRecord, KeyError> {
+pub async fn update(
+    store: &dyn Store,
+    key_id: &str,
+    change: KeyChange,
+) -> Result<ApiKeyRecord, KeyError> {
     let id = parse_id(key_id)?;
     store
         .update_key(&id, change)

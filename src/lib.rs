@@ -49,8 +49,8 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    let authenticated = routes::events::router()
-        .route_layer(from_fn_with_state(state.clone(), auth::require_key));
+    let authenticated =
+        routes::events::router().route_layer(from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(routes::meta::router())
         .merge(authenticated)

@@ -50,19 +50,31 @@ impl Metrics {
         let events_ingested = Counter::default();
         let duplicates = Counter::default();
         let acks = Counter::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by route",
             latency.clone(),
         );
-        registry.register("events_ingested", "Events created by POST /events", events_ingested.clone());
+        registry.register(
+            "events_ingested",
+            "Events created by POST /events",
+            events_ingested.clone(),
+        );
         registry.register(
             "events_duplicate",
             "POST /events answered as duplicates",
             duplicates.clone(),
         );
-        registry.register("inbox_acks", "Events acknowledged (first ack only)", acks.clone());
+        registry.register(
+            "inbox_acks",
+            "Events acknowledged (first ack only)",
+            acks.clone(),
+        );
         Self {
             registry,
             requests,

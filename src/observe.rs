@@ -56,7 +56,9 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
 
     if let Some(spec) = resp.extensions_mut().remove::<ProblemSpec>() {
         resp = spec.render_into(resp, &id);
-    } else if (resp.status().is_client_error() || resp.status().is_server_error()) && !is_json(&resp) {
+    } else if (resp.status().is_client_error() || resp.status().is_server_error())
+        && !is_json(&resp)
+    {
         // A rejection from the framework or a layer (405, timeout, …).
         resp = ProblemSpec::for_status(resp.status()).render_into(resp, &id);
     }

@@ -47,7 +47,11 @@ impl AppState {
             .unwrap_or(chrono::Duration::MAX)
     }
 
-    pub async fn ingest(&self, account: &AccountId, req: CreateEvent) -> Result<Ingested, StoreError> {
+    pub async fn ingest(
+        &self,
+        account: &AccountId,
+        req: CreateEvent,
+    ) -> Result<Ingested, StoreError> {
         let fp = fingerprint(
             req.event_type.as_str(),
             &req.payload,
@@ -90,11 +94,19 @@ impl AppState {
         }
     }
 
-    pub async fn inbox(&self, account: &AccountId, query: &InboxQuery) -> Result<InboxPage, StoreError> {
+    pub async fn inbox(
+        &self,
+        account: &AccountId,
+        query: &InboxQuery,
+    ) -> Result<InboxPage, StoreError> {
         self.timed(self.store.inbox(account, query)).await
     }
 
-    pub async fn get_event(&self, account: &AccountId, id: &EventId) -> Result<Option<Event>, StoreError> {
+    pub async fn get_event(
+        &self,
+        account: &AccountId,
+        id: &EventId,
+    ) -> Result<Option<Event>, StoreError> {
         let cutoff = self.delivered_cutoff(self.clock.now());
         self.timed(self.store.get_event(account, id, cutoff)).await
     }
@@ -102,7 +114,10 @@ impl AppState {
     pub async fn ack(&self, account: &AccountId, id: &EventId) -> Result<AckOutcome, StoreError> {
         let now = trunc_ms(self.clock.now());
         let outcome = self
-            .timed(self.store.ack_event(account, id, now, self.delivered_cutoff(now)))
+            .timed(
+                self.store
+                    .ack_event(account, id, now, self.delivered_cutoff(now)),
+            )
             .await?;
         if outcome == AckOutcome::Acknowledged {
             self.metrics.acks.inc();
@@ -115,8 +130,11 @@ impl AppState {
     pub async fn purge_once(&self) -> Result<u64, StoreError> {
         let now = self.clock.now();
         let dedup_cutoff = now
-            - chrono::Duration::from_std(self.settings.dedup_window).unwrap_or(chrono::Duration::MAX);
-        self.store.purge(self.delivered_cutoff(now), dedup_cutoff).await
+            - chrono::Duration::from_std(self.settings.dedup_window)
+                .unwrap_or(chrono::Duration::MAX);
+        self.store
+            .purge(self.delivered_cutoff(now), dedup_cutoff)
+            .await
     }
 
     /// Runs `purge_once` every `every` until `shutdown` resolves.

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::domain::{format_ts, Event, Role};
 use crate::error::{ApiError, Problem};
-use crate::extract::{decode_cursor, EventIdParam, InboxParams, JsonObjectBody};
+use crate::extract::{decode_cursor, EventIdParam, InboxParams, JsonBody};
 use crate::service::CreateEvent;
 use crate::state::AppState;
 use crate::store::{AckOutcome, InboxQuery};
@@ -32,7 +32,8 @@ pub struct CreateEventRequest {
     /// 1–255 characters, no control characters.
     #[schema(min_length = 1, max_length = 255)]
     event_type: String,
-    /// Any JSON object; at most 256 KiB serialized, nesting at most 128 deep.
+    /// Any JSON object, kept exactly as sent; at most 256 KiB. The whole
+    /// request may nest at most 128 levels deep.
     #[schema(value_type = Object)]
     payload: serde_json::Value,
     /// At most 255 characters.
@@ -88,10 +89,10 @@ pub struct InboxResponse {
 pub async fn create_event(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    JsonObjectBody(body): JsonObjectBody,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Creator)?;
-    let req = CreateEvent::parse(body, state.settings.max_payload_bytes)?;
+    let req = CreateEvent::parse_json(&body, state.settings.max_payload_bytes)?;
     let out = state.ingest(&caller.account, req).await?;
     let status = if out.duplicate {
         StatusCode::OK

@@ -142,7 +142,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     async fn get_key(&self, key_id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// All keys (or one account's), oldest first. Admin path, not per request.
-    async fn list_keys(&self, account: Option<&AccountId>) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    async fn list_keys(&self, account: Option<&AccountId>)
+        -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// `None` when the key does not exist.
     async fn update_key(
         &self,
@@ -164,7 +165,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Event>, StoreError>;
 
     /// Strongly consistent: sees every insert and ack that has returned.
-    async fn inbox(&self, account: &AccountId, query: &InboxQuery) -> Result<InboxPage, StoreError>;
+    async fn inbox(&self, account: &AccountId, query: &InboxQuery)
+        -> Result<InboxPage, StoreError>;
 
     /// Marks delivered at `now` (idempotent; a second ack keeps the first
     /// `delivered_at`). Never recreates a purged event.

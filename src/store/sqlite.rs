@@ -248,7 +248,10 @@ fn in_savepoint<T>(
         }
         Err(e) => {
             if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
-                tracing::error!(error = &rb as &dyn std::error::Error, "savepoint rollback failed");
+                tracing::error!(
+                    error = &rb as &dyn std::error::Error,
+                    "savepoint rollback failed"
+                );
             }
             Err(e)
         }
@@ -268,7 +271,8 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
             for job in batch.drain(..) {
-                job(Err(&e));
+                // The job answered its caller with the error; nothing to complete.
+                let _ = job(Err(&e));
             }
             continue;
         }
@@ -359,7 +363,9 @@ const KEY_COLS: &str =
 
 fn select_key(conn: &Connection, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(&format!("SELECT {KEY_COLS} FROM api_keys WHERE key_id = ?1"))
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE key_id = ?1"
+        ))
         .map_err(map_err)?;
     let mut rows = stmt.query(params![key_id]).map_err(map_err)?;
     match rows.next().map_err(map_err)? {
@@ -369,11 +375,10 @@ fn select_key(conn: &Connection, key_id: &str) -> Result<Option<ApiKeyRecord>, S
 }
 
 fn decode_position(p: &Position) -> Result<i64, StoreError> {
-    let bytes: [u8; 8] = p
-        .0
-        .as_slice()
-        .try_into()
-        .map_err(|_| StoreError::Corrupt { what: "position" })?;
+    let bytes: [u8; 8] =
+        p.0.as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt { what: "position" })?;
     Ok(i64::from_be_bytes(bytes))
 }
 
@@ -384,11 +389,8 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| {
-            c.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(map_err)
-        })
-        .await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+            .await
     }
 
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
@@ -401,9 +403,14 @@ impl Store for SqliteStore {
             )
             .map_err(map_err)?;
             let v: Vec<u8> = c
-                .query_row("SELECT value FROM secrets WHERE name = ?1", params![name], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM secrets WHERE name = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
                 .map_err(map_err)?;
-            v.try_into().map_err(|_| StoreError::Corrupt { what: "secret" })
+            v.try_into()
+                .map_err(|_| StoreError::Corrupt { what: "secret" })
         })
         .await
     }
@@ -440,7 +447,10 @@ impl Store for SqliteStore {
         self.read(move |c| select_key(c, id.as_str())).await
     }
 
-    async fn list_keys(&self, account: Option<&AccountId>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let account = account.cloned();
         self.read(move |c| {
             let mut stmt = c
@@ -460,7 +470,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_key(&self, key_id: &KeyId, change: KeyChange) -> Result<Option<ApiKeyRecord>, StoreError> {
+    async fn update_key(
+        &self,
+        key_id: &KeyId,
+        change: KeyChange,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let id = key_id.clone();
         self.write(move |c| {
             let n = match change {
@@ -486,7 +500,9 @@ impl Store for SqliteStore {
         let email = email.clone();
         self.write(move |c| {
             let mut stmt = c
-                .prepare_cached("UPDATE api_keys SET status = 'revoked' WHERE email = ?1 RETURNING key_id")
+                .prepare_cached(
+                    "UPDATE api_keys SET status = 'revoked' WHERE email = ?1 RETURNING key_id",
+                )
                 .map_err(map_err)?;
             let mut rows = stmt.query(params![email.as_str()]).map_err(map_err)?;
             let mut out = Vec::new();
@@ -575,7 +591,12 @@ impl Store for SqliteStore {
     }
 
     async fn inbox(&self, account: &AccountId, q: &InboxQuery) -> Result<InboxPage, StoreError> {
-        let after = q.after.as_ref().map(decode_position).transpose()?.unwrap_or(0);
+        let after = q
+            .after
+            .as_ref()
+            .map(decode_position)
+            .transpose()?
+            .unwrap_or(0);
         let (account, event_type, limit) = (account.clone(), q.event_type.clone(), q.limit);
         self.read(move |c| {
             let sql = if event_type.is_some() {
@@ -654,7 +675,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn purge(&self, delivered_cutoff: DateTime<Utc>, dedup_cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn purge(
+        &self,
+        delivered_cutoff: DateTime<Utc>,
+        dedup_cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let (dc, fc) = (ms(delivered_cutoff), ms(dedup_cutoff));
         let mut total = 0u64;
         // In chunks, so one purge never holds the writer for long.

@@ -19,7 +19,11 @@ fn cli(store: &str, args: &[&str]) -> std::process::Output {
 }
 
 fn ok_json(out: std::process::Output) -> Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
@@ -32,10 +36,22 @@ fn temp_store() -> (tempfile::TempDir, String) {
 #[test]
 fn keys_create_prints_the_key_once_and_list_never_shows_secrets() {
     let (_dir, store) = temp_store();
-    let created = ok_json(cli(&store, &[
-        "keys", "create", "--account", "acme", "--email", "ops@acme.example", "--role", "creator",
-        "--rate-limit", "250", "--json",
-    ]));
+    let created = ok_json(cli(
+        &store,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "acme",
+            "--email",
+            "ops@acme.example",
+            "--role",
+            "creator",
+            "--rate-limit",
+            "250",
+            "--json",
+        ],
+    ));
     let key = created["key"].as_str().unwrap();
     let key_id = created["key_id"].as_str().unwrap();
     assert!(key.starts_with(&format!("trg_{key_id}_")));
@@ -60,19 +76,46 @@ fn keys_create_prints_the_key_once_and_list_never_shows_secrets() {
 fn keys_can_be_revoked_deactivated_and_limited_with_clear_errors_for_unknown_ids() {
     let (_dir, store) = temp_store();
     let mk = |email: &str| {
-        ok_json(cli(&store, &["keys", "create", "--account", "acme", "--email", email, "--role", "viewer", "--json"]))
+        ok_json(cli(
+            &store,
+            &[
+                "keys",
+                "create",
+                "--account",
+                "acme",
+                "--email",
+                email,
+                "--role",
+                "viewer",
+                "--json",
+            ],
+        ))
     };
     let a = mk("a@acme.example");
     let b1 = mk("b@acme.example");
     let b2 = mk("b@acme.example");
     let a_id = a["key_id"].as_str().unwrap();
 
-    assert!(cli(&store, &["keys", "set-status", a_id, "inactive"]).status.success());
-    assert!(cli(&store, &["keys", "set-rate-limit", a_id, "9"]).status.success());
+    assert!(cli(&store, &["keys", "set-status", a_id, "inactive"])
+        .status
+        .success());
+    assert!(cli(&store, &["keys", "set-rate-limit", a_id, "9"])
+        .status
+        .success());
     let out = cli(&store, &["keys", "revoke", "--email", "b@acme.example"]);
     assert!(out.status.success());
-    let list = ok_json(cli(&store, &["keys", "list", "--account", "acme", "--json"]));
-    let find = |id: &Value| list.as_array().unwrap().iter().find(|k| k["key_id"] == *id).unwrap().clone();
+    let list = ok_json(cli(
+        &store,
+        &["keys", "list", "--account", "acme", "--json"],
+    ));
+    let find = |id: &Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == *id)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(find(&a["key_id"])["status"], "inactive");
     assert_eq!(find(&a["key_id"])["rate_limit_per_minute"], 9);
     assert_eq!(find(&b1["key_id"])["status"], "revoked");
@@ -91,8 +134,23 @@ fn keys_can_be_revoked_deactivated_and_limited_with_clear_errors_for_unknown_ids
         assert!(err.contains("no key"), "{args:?}: {err}");
     }
     let out = cli(&store, &["keys", "set-status", a_id, "revoked"]);
-    assert!(!out.status.success(), "set-status takes only active|inactive");
-    let out = cli(&store, &["keys", "create", "--account", "bad account!", "--email", "x@y.z", "--role", "creator"]);
+    assert!(
+        !out.status.success(),
+        "set-status takes only active|inactive"
+    );
+    let out = cli(
+        &store,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "bad account!",
+            "--email",
+            "x@y.z",
+            "--role",
+            "creator",
+        ],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("account"));
 }
@@ -134,7 +192,9 @@ fn start_server(store: &str) -> Server {
             sink.lock().unwrap().push(line);
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server announced its address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server announced its address");
     Server {
         child,
         base: format!("http://{addr}"),
@@ -152,7 +212,13 @@ fn a_fresh_store_logs_the_command_that_creates_the_first_key_as_json() {
         .find(|l| l.contains("keys create"))
         .unwrap_or_else(|| panic!("no hint in {lines:?}"));
     let v: Value = serde_json::from_str(hint).expect("log lines are JSON");
-    assert!(v["message"].as_str().unwrap().contains(&format!("--store {store}")), "{hint}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("--store {store}")),
+        "{hint}"
+    );
     assert_eq!(v["level"], "WARN");
 }
 
@@ -160,7 +226,20 @@ fn a_fresh_store_logs_the_command_that_creates_the_first_key_as_json() {
 async fn the_server_and_the_cli_share_a_store_while_both_run() {
     let (_dir, store) = temp_store();
     let server = start_server(&store);
-    let created = ok_json(cli(&store, &["keys", "create", "--account", "acme", "--email", "a@b.c", "--role", "creator", "--json"]));
+    let created = ok_json(cli(
+        &store,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "acme",
+            "--email",
+            "a@b.c",
+            "--role",
+            "creator",
+            "--json",
+        ],
+    ));
     let key = created["key"].as_str().unwrap();
     let client = reqwest::Client::new();
     let resp = client
@@ -173,20 +252,44 @@ async fn the_server_and_the_cli_share_a_store_while_both_run() {
     assert_eq!(resp.status(), 201);
     let log = server.log.lock().unwrap().join("\n");
     assert!(!log.contains(&key[20..]), "the key must never be logged");
-    assert!(log.contains("request completed") && log.contains("request_id"), "{log}");
+    assert!(
+        log.contains("request completed") && log.contains("request_id"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_event_that_was_answered_201() {
     let (_dir, store) = temp_store();
-    let created = ok_json(cli(&store, &["keys", "create", "--account", "acme", "--email", "a@b.c", "--role", "creator", "--json"]));
+    let created = ok_json(cli(
+        &store,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "acme",
+            "--email",
+            "a@b.c",
+            "--role",
+            "creator",
+            "--json",
+        ],
+    ));
     let key = created["key"].as_str().unwrap().to_owned();
     let mut server = start_server(&store);
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (client, base, key, acked) = (client.clone(), server.base.clone(), key.clone(), acked.clone());
+        let (client, base, key, acked) = (
+            client.clone(),
+            server.base.clone(),
+            key.clone(),
+            acked.clone(),
+        );
         writers.push(tokio::spawn(async move {
             for i in 0.. {
                 let resp = client
@@ -197,8 +300,14 @@ async fn kill_9_loses_no_event_that_was_answered_201() {
                     .await;
                 match resp {
                     Ok(r) if r.status() == 201 => {
-                        let v: Value = match r.json().await { Ok(v) => v, Err(_) => return };
-                        acked.lock().unwrap().push(v["event_id"].as_str().unwrap().to_owned());
+                        let v: Value = match r.json().await {
+                            Ok(v) => v,
+                            Err(_) => return,
+                        };
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(v["event_id"].as_str().unwrap().to_owned());
                     }
                     _ => return,
                 }
@@ -215,13 +324,20 @@ async fn kill_9_loses_no_event_that_was_answered_201() {
         let _ = w.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 50, "only {} events were acknowledged before the kill", acked.len());
+    assert!(
+        acked.len() >= 50,
+        "only {} events were acknowledged before the kill",
+        acked.len()
+    );
 
     let server = start_server(&store);
     let mut seen = std::collections::HashSet::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut req = client.get(format!("{}/inbox", server.base)).bearer_auth(&key).query(&[("limit", "200")]);
+        let mut req = client
+            .get(format!("{}/inbox", server.base))
+            .bearer_auth(&key)
+            .query(&[("limit", "200")]);
         if let Some(c) = &cursor {
             req = req.query(&[("cursor", c)]);
         }
@@ -232,8 +348,15 @@ async fn kill_9_loses_no_event_that_was_answered_201() {
         if page["pagination"]["has_more"] == false {
             break;
         }
-        cursor = page["pagination"]["next_cursor"].as_str().map(str::to_owned);
+        cursor = page["pagination"]["next_cursor"]
+            .as_str()
+            .map(str::to_owned);
     }
     let lost: Vec<&String> = acked.iter().filter(|id| !seen.contains(*id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged events lost: {lost:?}", lost.len(), acked.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged events lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
 }

@@ -8,7 +8,9 @@ use triggers_api::domain::Role;
 use crate::support::{error_fields, problem, Backend, TestApp};
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 fn files(name: &str) -> Vec<(String, Vec<u8>)> {
@@ -16,7 +18,12 @@ fn files(name: &str) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap() != "expectations.json")
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -29,13 +36,32 @@ async fn every_good_fixture_is_accepted_and_reads_back_unchanged() {
     let good = files("good");
     assert!(good.len() >= 5);
     for (name, body) in good {
-        let resp = app.post_raw("/events", &key, body.clone()).send().await.unwrap();
+        let resp = app
+            .post_raw("/events", &key, body.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 201, "{name}");
-        let id = resp.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned();
-        let got: Value = app.get(&format!("/events/{id}"), &key).send().await.unwrap().json().await.unwrap();
-        let sent: Value = serde_json::from_slice(&body).unwrap();
+        let id = resp.json::<Value>().await.unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let got = crate::support::parse_deep(
+            &app.get(&format!("/events/{id}"), &key)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+        let sent = crate::support::parse_deep(std::str::from_utf8(&body).unwrap());
         assert_eq!(got["payload"], sent["payload"], "{name}");
-        let metadata = if sent["metadata"].is_object() { sent["metadata"].clone() } else { serde_json::json!({}) };
+        let metadata = if sent["metadata"].is_object() {
+            sent["metadata"].clone()
+        } else {
+            serde_json::json!({})
+        };
         assert_eq!(got["metadata"], metadata, "{name}");
         assert_eq!(got["event_type"], sent["event_type"], "{name}");
     }
@@ -46,17 +72,36 @@ async fn every_bad_fixture_is_refused_as_its_expectation_says() {
     let app = TestApp::start(Backend::Sqlite).await;
     let key = app.key("fixtures", Role::Creator).await;
     let expectations: Value =
-        serde_json::from_slice(&std::fs::read(dir("bad").join("expectations.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir("bad").join("expectations.json")).unwrap())
+            .unwrap();
     let expectations = expectations.as_object().unwrap();
     let bad = files("bad");
-    assert_eq!(bad.len(), expectations.len(), "every bad fixture has an expectation and vice versa");
+    assert_eq!(
+        bad.len(),
+        expectations.len(),
+        "every bad fixture has an expectation and vice versa"
+    );
     for (name, body) in bad {
-        let want = expectations.get(&name).unwrap_or_else(|| panic!("no expectation for {name}"));
+        let want = expectations
+            .get(&name)
+            .unwrap_or_else(|| panic!("no expectation for {name}"));
         let resp = app.post_raw("/events", &key, body).send().await.unwrap();
-        let p = problem(resp, want["status"].as_u64().unwrap() as u16, want["code"].as_str().unwrap()).await;
-        let want_fields: Vec<String> =
-            want["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
+        let p = problem(
+            resp,
+            want["status"].as_u64().unwrap() as u16,
+            want["code"].as_str().unwrap(),
+        )
+        .await;
+        let want_fields: Vec<String> = want["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(error_fields(&p), want_fields, "{name}: {p}");
     }
-    assert!(app.walk_inbox(&key, 200, None).await.is_empty(), "nothing bad was stored");
+    assert!(
+        app.walk_inbox(&key, 200, None).await.is_empty(),
+        "nothing bad was stored"
+    );
 }

@@ -34,13 +34,8 @@ async fn service() -> (AppState, Arc<ManualClock>, TestStore) {
 }
 
 fn create(event_type: &str, payload: Value, source: Option<&str>) -> CreateEvent {
-    let mut body = Map::new();
-    body.insert("event_type".into(), json!(event_type));
-    body.insert("payload".into(), payload);
-    if let Some(s) = source {
-        body.insert("source".into(), json!(s));
-    }
-    CreateEvent::parse(body, 256 * 1024).expect("valid")
+    let body = json!({"event_type": event_type, "payload": payload, "source": source});
+    CreateEvent::parse_json(&serde_json::to_vec(&body).unwrap(), 256 * 1024).expect("valid")
 }
 
 const TYPES: [&str; 3] = ["a", "b", "c"];
@@ -67,7 +62,10 @@ struct Model {
 
 impl Model {
     fn index_of(&self, id: &EventId) -> usize {
-        self.events.iter().position(|(e, _, _)| e == id).expect("known id")
+        self.events
+            .iter()
+            .position(|(e, _, _)| e == id)
+            .expect("known id")
     }
     fn undelivered(&self, filter: Option<usize>) -> Vec<EventId> {
         self.events
@@ -107,7 +105,7 @@ proptest! {
             let mut after: Option<Position> = None;
             let mut done = false;
             let event_type = filter.map(|f| EventType::parse(TYPES[f]).unwrap());
-            let mut page = |limit: u32, after: Option<Position>| {
+            let page = |limit: u32, after: Option<Position>| {
                 let q = InboxQuery { after, event_type: event_type.clone(), limit };
                 let svc = svc.clone();
                 let account = account.clone();
@@ -195,7 +193,8 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn json_object() -> impl Strategy<Value = Map<String, Value>> {
-    proptest::collection::btree_map("[a-z]{1,5}", json_value(), 0..6).prop_map(|m| m.into_iter().collect())
+    proptest::collection::btree_map("[a-z]{1,5}", json_value(), 0..6)
+        .prop_map(|m| m.into_iter().collect())
 }
 
 /// Serializes `v` with object keys rotated by `rot` and reversed, and with

@@ -15,7 +15,9 @@ use triggers_api::store::{
     AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Store, StoreError,
 };
 
-use crate::support::{assert_problem_snapshot, problem, test_settings, test_store, Backend, TestApp, TestStore};
+use crate::support::{
+    assert_problem_snapshot, problem, test_settings, test_store, Backend, TestApp, TestStore,
+};
 
 const OK: u8 = 0;
 const UNAVAILABLE: u8 = 1;
@@ -62,11 +64,18 @@ impl Store for Switchable {
         self.gate().await?;
         self.inner.get_key(key_id).await
     }
-    async fn list_keys(&self, account: Option<&AccountId>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.gate().await?;
         self.inner.list_keys(account).await
     }
-    async fn update_key(&self, key_id: &KeyId, change: KeyChange) -> Result<Option<ApiKeyRecord>, StoreError> {
+    async fn update_key(
+        &self,
+        key_id: &KeyId,
+        change: KeyChange,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.gate().await?;
         self.inner.update_key(key_id, change).await
     }
@@ -78,7 +87,12 @@ impl Store for Switchable {
         self.gate().await?;
         self.inner.insert_event(event, dedup).await
     }
-    async fn get_event(&self, a: &AccountId, id: &EventId, cutoff: DateTime<Utc>) -> Result<Option<Event>, StoreError> {
+    async fn get_event(
+        &self,
+        a: &AccountId,
+        id: &EventId,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError> {
         self.gate().await?;
         self.inner.get_event(a, id, cutoff).await
     }
@@ -86,7 +100,13 @@ impl Store for Switchable {
         self.gate().await?;
         self.inner.inbox(a, q).await
     }
-    async fn ack_event(&self, a: &AccountId, id: &EventId, now: DateTime<Utc>, cutoff: DateTime<Utc>) -> Result<AckOutcome, StoreError> {
+    async fn ack_event(
+        &self,
+        a: &AccountId,
+        id: &EventId,
+        now: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<AckOutcome, StoreError> {
         self.gate().await?;
         self.inner.ack_event(a, id, now, cutoff).await
     }
@@ -110,7 +130,7 @@ async fn switchable_app() -> (TestApp, Arc<AtomicU8>, String) {
         store_timeout: Duration::from_millis(300),
         ..test_settings()
     };
-    let app = TestApp::start_on(Backend::Sqlite, store, settings).await;
+    let app = TestApp::start_on(store, settings).await;
     let key = app.key("acme", Role::Creator).await;
     // Authenticate once, so the key is cached before the store goes away.
     assert_eq!(app.get("/inbox", &key).send().await.unwrap().status(), 200);
@@ -125,9 +145,17 @@ async fn an_unreachable_store_answers_503_with_retry_after_and_writes_nothing() 
     let resp = app.post_json("/events", &key, &body).send().await.unwrap();
     assert_eq!(resp.headers()["retry-after"], "1");
     let p = problem(resp, 503, "SERVICE_UNAVAILABLE").await;
-    assert!(!p["detail"].as_str().unwrap().contains("test"), "no cause leaks: {p}");
+    assert!(
+        !p["detail"].as_str().unwrap().contains("test"),
+        "no cause leaks: {p}"
+    );
     assert_problem_snapshot("service_unavailable", p);
-    problem(app.get("/inbox", &key).send().await.unwrap(), 503, "SERVICE_UNAVAILABLE").await;
+    problem(
+        app.get("/inbox", &key).send().await.unwrap(),
+        503,
+        "SERVICE_UNAVAILABLE",
+    )
+    .await;
 
     let status = app.client.get(app.url("/status")).send().await.unwrap();
     assert_eq!(status.status(), 503);
@@ -136,8 +164,18 @@ async fn an_unreachable_store_answers_503_with_retry_after_and_writes_nothing() 
     assert_eq!(v["store"]["reachable"], false);
 
     mode.store(OK, Ordering::SeqCst);
-    assert!(app.walk_inbox(&key, 50, None).await.is_empty(), "the refused write did not happen");
-    assert_eq!(app.post_json("/events", &key, &body).send().await.unwrap().status(), 201);
+    assert!(
+        app.walk_inbox(&key, 50, None).await.is_empty(),
+        "the refused write did not happen"
+    );
+    assert_eq!(
+        app.post_json("/events", &key, &body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
 }
 
 #[tokio::test]
@@ -151,7 +189,11 @@ async fn a_hanging_store_answers_503_within_the_store_budget() {
         .await
         .unwrap();
     problem(resp, 503, "SERVICE_UNAVAILABLE").await;
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     let status = app.client.get(app.url("/status")).send().await.unwrap();
     assert_eq!(status.status(), 503);

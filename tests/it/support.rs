@@ -138,7 +138,6 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub state: AppState,
-    pub backend: Backend,
     stop: Option<oneshot::Sender<()>>,
     _store: TestStore,
 }
@@ -165,10 +164,10 @@ impl TestApp {
 
     pub async fn start_with(backend: Backend, settings: Settings) -> Self {
         let store = test_store(backend).await;
-        Self::start_on(backend, store, settings).await
+        Self::start_on(store, settings).await
     }
 
-    pub async fn start_on(backend: Backend, store: TestStore, settings: Settings) -> Self {
+    pub async fn start_on(store: TestStore, settings: Settings) -> Self {
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let state = AppState::new(store.store.clone(), clock.clone(), settings)
             .await
@@ -188,7 +187,6 @@ impl TestApp {
             client: reqwest::Client::new(),
             clock,
             state,
-            backend,
             stop: Some(stop),
             _store: store,
         }
@@ -233,7 +231,12 @@ impl TestApp {
             .body(serde_json::to_vec(body).expect("serialize"))
     }
 
-    pub fn post_raw(&self, path: &str, key: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+    pub fn post_raw(
+        &self,
+        path: &str,
+        key: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
         self.client
             .post(self.url(path))
             .bearer_auth(key)
@@ -243,7 +246,11 @@ impl TestApp {
 
     /// POSTs an event and returns its id (asserting 201).
     pub async fn create_event(&self, key: &str, body: &Value) -> String {
-        let resp = self.post_json("/events", key, body).send().await.expect("send");
+        let resp = self
+            .post_json("/events", key, body)
+            .send()
+            .await
+            .expect("send");
         assert_eq!(resp.status(), 201, "POST /events {body}");
         let v: Value = resp.json().await.expect("json");
         v["event_id"].as_str().expect("event_id").to_owned()
@@ -311,7 +318,11 @@ pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value 
     for field in ["type", "title", "detail", "correlation_id"] {
         assert!(v[field].is_string(), "problem lacks {field}: {v}");
     }
-    assert_eq!(v["correlation_id"], rid.as_str(), "correlation_id is the X-Request-ID");
+    assert_eq!(
+        v["correlation_id"],
+        rid.as_str(),
+        "correlation_id is the X-Request-ID"
+    );
     v
 }
 
@@ -329,12 +340,26 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
 
 /// Snapshots a problem body under the top-level `snapshots/` folder, with
 /// the correlation id redacted.
-pub fn assert_problem_snapshot(name: &str, problem: Value) {
+pub fn assert_problem_snapshot(name: &str, mut problem: Value) {
+    assert!(problem["correlation_id"].is_string(), "{problem}");
+    problem["correlation_id"] = Value::String("[correlation_id]".into());
+    // Pretty JSON text (insta's own JSON serializer would expose serde_json's
+    // arbitrary-precision number representation).
+    let text = serde_json::to_string_pretty(&problem).expect("serialize");
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
     settings.bind(|| {
-        insta::assert_json_snapshot!(name, problem, {".correlation_id" => "[correlation_id]"});
+        insta::assert_snapshot!(name, text);
     });
+}
+
+/// Parses JSON of any depth (serde_json's default stops at 128 levels, and
+/// a response wraps the payload in more levels).
+pub fn parse_deep(text: &str) -> Value {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    Value::deserialize(&mut de).expect("valid JSON")
 }

@@ -12,7 +12,11 @@ async fn creator(b: Backend) -> (TestApp, String) {
 }
 
 async fn page(app: &TestApp, key: &str, query: &str) -> Value {
-    let resp = app.get(&format!("/inbox{query}"), key).send().await.unwrap();
+    let resp = app
+        .get(&format!("/inbox{query}"), key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "{query}");
     resp.json().await.unwrap()
 }
@@ -29,14 +33,28 @@ fn ids(page: &Value) -> Vec<String> {
 pub async fn the_inbox_lists_undelivered_events_oldest_first(b: Backend) {
     let (app, key) = creator(b).await;
     let empty = page(&app, &key, "").await;
-    assert_eq!(empty, json!({"events": [], "pagination": {"next_cursor": null, "has_more": false}}));
+    assert_eq!(
+        empty,
+        json!({"events": [], "pagination": {"next_cursor": null, "has_more": false}})
+    );
     let mut created = Vec::new();
     for i in 0..5 {
-        created.push(app.create_event(&key, &json!({"event_type": "t", "payload": {"i": i}})).await);
+        created.push(
+            app.create_event(&key, &json!({"event_type": "t", "payload": {"i": i}}))
+                .await,
+        );
     }
-    app.delete(&format!("/events/{}", created[1]), &key).send().await.unwrap();
+    app.delete(&format!("/events/{}", created[1]), &key)
+        .send()
+        .await
+        .unwrap();
     let p = page(&app, &key, "").await;
-    let expected: Vec<String> = created.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, id)| id.clone()).collect();
+    let expected: Vec<String> = created
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, id)| id.clone())
+        .collect();
     assert_eq!(ids(&p), expected);
     let first = &p["events"][0];
     assert_eq!(first["payload"], json!({"i": 0}));
@@ -46,13 +64,27 @@ pub async fn the_inbox_lists_undelivered_events_oldest_first(b: Backend) {
 
 pub async fn limit_out_of_range_or_not_a_number_is_400(b: Backend) {
     let (app, key) = creator(b).await;
-    for q in ["limit=0", "limit=201", "limit=abc", "limit=-5", "limit=1e2", "limit="] {
+    for q in [
+        "limit=0",
+        "limit=201",
+        "limit=abc",
+        "limit=-5",
+        "limit=1e2",
+        "limit=",
+    ] {
         let resp = app.get(&format!("/inbox?{q}"), &key).send().await.unwrap();
         let p = problem(resp, 400, "VALIDATION_ERROR").await;
         assert_eq!(error_fields(&p), ["limit"], "{q}");
     }
     for q in ["limit=1", "limit=200"] {
-        assert_eq!(app.get(&format!("/inbox?{q}"), &key).send().await.unwrap().status(), 200);
+        assert_eq!(
+            app.get(&format!("/inbox?{q}"), &key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
 }
 
@@ -68,8 +100,10 @@ pub async fn a_malformed_tampered_or_foreign_cursor_is_400_invalid_cursor(b: Bac
     let key = app.key("acme", Role::Creator).await;
     let other = app.key("other", Role::Creator).await;
     for i in 0..3 {
-        app.create_event(&key, &json!({"event_type": "c", "payload": {"i": i}})).await;
-        app.create_event(&other, &json!({"event_type": "c", "payload": {"i": i}})).await;
+        app.create_event(&key, &json!({"event_type": "c", "payload": {"i": i}}))
+            .await;
+        app.create_event(&other, &json!({"event_type": "c", "payload": {"i": i}}))
+            .await;
     }
     let p = page(&app, &key, "?limit=1").await;
     let cursor = p["pagination"]["next_cursor"].as_str().unwrap().to_owned();
@@ -88,11 +122,25 @@ pub async fn a_malformed_tampered_or_foreign_cursor_is_400_invalid_cursor(b: Bac
             .unwrap();
         problem(resp, 400, "INVALID_CURSOR").await;
     }
-    let resp = app.client.get(app.url("/inbox")).bearer_auth(&other).query(&[("cursor", &cursor)]).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/inbox"))
+        .bearer_auth(&other)
+        .query(&[("cursor", &cursor)])
+        .send()
+        .await
+        .unwrap();
     problem(resp, 400, "INVALID_CURSOR").await;
     // Another key of the same account may continue the walk.
     let viewer = app.key("acme", Role::Viewer).await;
-    let resp = app.client.get(app.url("/inbox")).bearer_auth(&viewer).query(&[("cursor", &cursor)]).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/inbox"))
+        .bearer_auth(&viewer)
+        .query(&[("cursor", &cursor)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -105,26 +153,35 @@ pub async fn the_event_type_filter_is_exact(b: Backend) {
             1 => "order.created.v2",
             _ => "Order.Created",
         };
-        let id = app.create_event(&key, &json!({"event_type": t, "payload": {"i": i}})).await;
+        let id = app
+            .create_event(&key, &json!({"event_type": t, "payload": {"i": i}}))
+            .await;
         if t == "order.created" {
             want.push(id);
         }
     }
     assert_eq!(app.walk_inbox(&key, 1, Some("order.created")).await, want);
-    assert_eq!(app.walk_inbox(&key, 200, Some("order")).await, Vec::<String>::new());
+    assert_eq!(
+        app.walk_inbox(&key, 200, Some("order")).await,
+        Vec::<String>::new()
+    );
 }
 
 pub async fn has_more_is_false_only_on_the_last_page(b: Backend) {
     let (app, key) = creator(b).await;
     for i in 0..4 {
-        app.create_event(&key, &json!({"event_type": "h", "payload": {"i": i}})).await;
+        app.create_event(&key, &json!({"event_type": "h", "payload": {"i": i}}))
+            .await;
     }
     let p1 = page(&app, &key, "?limit=2").await;
     assert_eq!(p1["pagination"]["has_more"], true);
     let c = p1["pagination"]["next_cursor"].as_str().unwrap();
     let p2 = page(&app, &key, &format!("?limit=2&cursor={c}")).await;
     assert_eq!(ids(&p2).len(), 2);
-    assert_eq!(p2["pagination"], json!({"next_cursor": null, "has_more": false}));
+    assert_eq!(
+        p2["pagination"],
+        json!({"next_cursor": null, "has_more": false})
+    );
     let all = page(&app, &key, "?limit=4").await;
     assert_eq!(all["pagination"]["has_more"], false);
     let p = page(&app, &key, "?limit=3").await;
@@ -136,7 +193,9 @@ pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats
     let mut order: HashMap<String, usize> = HashMap::new();
     let mut initial = Vec::new();
     for i in 0..30 {
-        let id = app.create_event(&key, &json!({"event_type": "w", "payload": {"i": i}})).await;
+        let id = app
+            .create_event(&key, &json!({"event_type": "w", "payload": {"i": i}}))
+            .await;
         order.insert(id.clone(), i);
         initial.push(id);
     }
@@ -154,17 +213,29 @@ pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats
         seen.extend(ids(&p));
         // Between pages: two new events, one ack ahead of the walk, one behind.
         for _ in 0..2 {
-            let id = app.create_event(&key, &json!({"event_type": "w", "payload": {"i": n}})).await;
+            let id = app
+                .create_event(&key, &json!({"event_type": "w", "payload": {"i": n}}))
+                .await;
             order.insert(id, n);
             n += 1;
         }
         let ahead = &initial[(round * 7 + 10).min(29)];
         if acked.insert(ahead.clone()) {
-            assert_eq!(app.delete(&format!("/events/{ahead}"), &key).send().await.unwrap().status(), 204);
+            assert_eq!(
+                app.delete(&format!("/events/{ahead}"), &key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                204
+            );
         }
         if let Some(behind) = seen.first().cloned() {
             if acked.insert(behind.clone()) {
-                app.delete(&format!("/events/{behind}"), &key).send().await.unwrap();
+                app.delete(&format!("/events/{behind}"), &key)
+                    .send()
+                    .await
+                    .unwrap();
             }
         }
         round += 1;
@@ -177,10 +248,16 @@ pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats
     let unique: HashSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "an event appeared twice");
     let positions: Vec<usize> = seen.iter().map(|id| order[id]).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order: {positions:?}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {positions:?}"
+    );
     for id in &initial {
         if !acked.contains(id) {
-            assert!(unique.contains(id), "{id} was undelivered throughout and never appeared");
+            assert!(
+                unique.contains(id),
+                "{id} was undelivered throughout and never appeared"
+            );
         }
     }
 }
@@ -188,10 +265,19 @@ pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats
 pub async fn the_inbox_is_read_your_writes(b: Backend) {
     let (app, key) = creator(b).await;
     for i in 0..10 {
-        let id = app.create_event(&key, &json!({"event_type": "ryw", "payload": {"i": i}})).await;
+        let id = app
+            .create_event(&key, &json!({"event_type": "ryw", "payload": {"i": i}}))
+            .await;
         let p = page(&app, &key, "?limit=200").await;
         assert!(ids(&p).contains(&id), "visible as soon as POST answered");
-        assert_eq!(app.delete(&format!("/events/{id}"), &key).send().await.unwrap().status(), 204);
+        assert_eq!(
+            app.delete(&format!("/events/{id}"), &key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
         let p = page(&app, &key, "?limit=200").await;
         assert!(!ids(&p).contains(&id), "gone as soon as DELETE answered");
     }
@@ -201,8 +287,12 @@ pub async fn an_account_sees_only_its_own_inbox(b: Backend) {
     let app = TestApp::start(b).await;
     let a = app.key("acct-a", Role::Creator).await;
     let z = app.key("acct-z", Role::Creator).await;
-    let ia = app.create_event(&a, &json!({"event_type": "t", "payload": {}})).await;
-    let iz = app.create_event(&z, &json!({"event_type": "t", "payload": {"z": 1}})).await;
+    let ia = app
+        .create_event(&a, &json!({"event_type": "t", "payload": {}}))
+        .await;
+    let iz = app
+        .create_event(&z, &json!({"event_type": "t", "payload": {"z": 1}}))
+        .await;
     assert_eq!(app.walk_inbox(&a, 50, None).await, vec![ia]);
     assert_eq!(app.walk_inbox(&z, 50, None).await, vec![iz]);
 }

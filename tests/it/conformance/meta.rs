@@ -40,7 +40,11 @@ pub async fn the_openapi_document_is_3_1_and_covers_every_endpoint(b: Backend) {
         .json()
         .await
         .unwrap();
-    assert!(v["openapi"].as_str().unwrap().starts_with("3.1"), "{}", v["openapi"]);
+    assert!(
+        v["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        v["openapi"]
+    );
     let paths = &v["paths"];
     for (path, method) in [
         ("/", "get"),
@@ -56,7 +60,15 @@ pub async fn the_openapi_document_is_3_1_and_covers_every_endpoint(b: Backend) {
         assert!(paths[path][method].is_object(), "{method} {path} missing");
     }
     let problem = &v["components"]["schemas"]["Problem"]["properties"];
-    for f in ["type", "title", "status", "detail", "code", "correlation_id", "errors"] {
+    for f in [
+        "type",
+        "title",
+        "status",
+        "detail",
+        "code",
+        "correlation_id",
+        "errors",
+    ] {
         assert!(problem[f].is_object(), "Problem.{f} missing");
     }
 }
@@ -65,10 +77,16 @@ pub async fn the_docs_page_renders_the_openapi_document_without_external_assets(
     let app = TestApp::start(b).await;
     let resp = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = resp.text().await.unwrap();
     assert!(html.contains("/openapi.json"));
-    assert!(!html.contains("http://") && !html.contains("https://"), "no external assets");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
     assert!(html.contains("id=\"problem-validation-error\""));
 }
 
@@ -79,11 +97,21 @@ pub async fn metrics_expose_requests_latency_ingests_duplicates_and_acks(b: Back
     let id = app.create_event(&key, &body).await;
     let dup = app.post_json("/events", &key, &body).send().await.unwrap();
     assert_eq!(dup.status(), 200);
-    assert_eq!(app.delete(&format!("/events/{id}"), &key).send().await.unwrap().status(), 204);
+    assert_eq!(
+        app.delete(&format!("/events/{id}"), &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
 
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = resp.text().await.unwrap();
     let line = |prefix: &str| {
         text.lines()
@@ -94,6 +122,9 @@ pub async fn metrics_expose_requests_latency_ingests_duplicates_and_acks(b: Back
     assert!(line("triggers_events_ingested_total").ends_with(" 1"));
     assert!(line("triggers_events_duplicate_total").ends_with(" 1"));
     assert!(line("triggers_inbox_acks_total").ends_with(" 1"));
-    assert!(text.contains(r#"route="/events""#) && text.contains(r#"status="201""#), "{text}");
+    assert!(
+        text.contains(r#"route="/events""#) && text.contains(r#"status="201""#),
+        "{text}"
+    );
     assert!(text.contains("triggers_http_request_duration_seconds_bucket"));
 }

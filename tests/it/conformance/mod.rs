@@ -47,7 +47,7 @@ suite! {
     transport::a_chunked_body_over_the_limit_is_413,
     transport::a_lying_content_length_cannot_smuggle_a_large_body,
     transport::a_payload_over_256_kib_is_413,
-    transport::payload_nesting_of_128_is_accepted_and_129_is_400,
+    transport::request_nesting_of_128_is_accepted_and_129_is_400,
     transport::unknown_fields_are_400_and_listed,
     transport::missing_and_mistyped_fields_are_all_listed,
     transport::event_type_must_be_1_to_255_characters_without_control_characters,

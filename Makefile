@@ -1,0 +1,51 @@
+# The menu. `make help` lists it.
+SHELL := /bin/bash
+CARGO ?= cargo
+STORE ?= sqlite://./data/triggers.db
+BIND  ?= 127.0.0.1:8080
+
+.PHONY: help run build key test test-quick lint fmt clippy bench loadtest dynamodb-local dynamodb-local-stop clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+
+build: ## release build of the binary
+	$(CARGO) build --release --bin triggers-api
+
+run: build ## start the API on $(BIND) with the embedded store at ./data/triggers.db
+	TRIGGERS_STORE=$(STORE) TRIGGERS_BIND=$(BIND) ./target/release/triggers-api serve
+
+key: build ## create a creator key: make key ACCOUNT=acme EMAIL=you@example.com
+	./target/release/triggers-api keys create --store $(STORE) \
+	  --account $${ACCOUNT:-my-account} --email $${EMAIL:-you@example.com} --role $${ROLE:-creator}
+
+test: ## everything CI checks: fmt, clippy, unit + conformance (SQLite and DynamoDB Local) + proptests + snapshots
+	scripts/test.sh
+
+test-quick: ## the test suite against SQLite only (no emulator; DynamoDB tests are excluded, loudly)
+	$(CARGO) test -- --skip conformance::dynamodb:: --skip dynamodb_store::
+
+lint: fmt clippy ## formatting and lints
+
+fmt:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: ## criterion benches (auth, fingerprint, store)
+	$(CARGO) bench --bench auth --bench fingerprint --bench store
+
+loadtest: ## goose load test against a server it starts itself (see loadtest/README.md)
+	scripts/loadtest.sh
+
+dynamodb-local: ## start AWS DynamoDB Local on a free port; prints the endpoint
+	scripts/dynamodb-local.sh install
+	scripts/dynamodb-local.sh start
+
+dynamodb-local-stop: ## stop it
+	scripts/dynamodb-local.sh stop
+
+clean:
+	$(CARGO) clean
+	rm -rf .cache/dynamodb-local/pid .cache/dynamodb-local/endpoint

