@@ -222,8 +222,7 @@ fn rate_headers(headers: &mut HeaderMap, d: &RateDecision) {
 /// headers to the response.
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let caller = match presented_key(req.headers()) {
-        None => Err(AuthError::Missing),
-        Some(token) if token.is_empty() => Err(AuthError::Missing),
+        None | Some("") => Err(AuthError::Missing),
         Some(token) => state.auth.authenticate(token).await,
     };
     let caller = match caller {

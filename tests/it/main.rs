@@ -4,6 +4,9 @@
 //! HTTP conformance suite run against each backend (`make test` prints how
 //! many ran against which).
 
+// Tests may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod conformance;
 mod fixtures;
