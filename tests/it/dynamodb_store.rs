@@ -570,7 +570,10 @@ async fn inbox_pages_larger_than_one_megabyte_are_complete() {
     }
     let (calls, n) = count(&store, walk(&store, &acct, None, 200)).await;
     assert_eq!(calls.0.len(), 9);
-    assert!(n.get("Query").copied().unwrap_or(0) >= 2, "paged past 1 MB: {n:?}");
+    assert!(
+        n.get("Query").copied().unwrap_or(0) >= 2,
+        "paged past 1 MB: {n:?}"
+    );
 }
 
 #[tokio::test]
