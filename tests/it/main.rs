@@ -9,6 +9,7 @@
 
 mod cli;
 mod conformance;
+mod dynamodb_store;
 mod fixtures;
 mod props;
 mod resilience;
