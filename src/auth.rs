@@ -86,6 +86,7 @@ struct Verified {
 
 pub struct Authenticator {
     store: Arc<dyn Store>,
+    store_timeout: Duration,
     positive: moka::future::Cache<[u8; 32], Arc<Verified>>,
     negative: moka::sync::Cache<[u8; 32], ()>,
     failures: moka::sync::Cache<KeyId, Arc<std::sync::atomic::AtomicU32>>,
@@ -97,6 +98,7 @@ impl Authenticator {
         let slots = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             store,
+            store_timeout: Duration::from_secs(5),
             positive: moka::future::Cache::builder()
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_live(cache_ttl)
@@ -113,6 +115,12 @@ impl Authenticator {
         }
     }
 
+    /// Bounds the key lookup like every other store call (default 5 s).
+    pub fn with_store_timeout(mut self, store_timeout: Duration) -> Self {
+        self.store_timeout = store_timeout;
+        self
+    }
+
     /// Checks a presented key; `Ok` only for an existing, active key whose
     /// secret verifies.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
@@ -126,23 +134,7 @@ impl Authenticator {
                 // Concurrent requests with the same new key share one
                 // verification.
                 let res = self.positive.try_get_with(digest, self.verify(token)).await;
-                match res {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return Err(match Arc::try_unwrap(e) {
-                            Ok(e) => e,
-                            Err(shared) => match &*shared {
-                                AuthError::Store(_) => AuthError::Store(StoreError::unavailable(
-                                    "key lookup failed (shared)",
-                                )),
-                                AuthError::Missing => AuthError::Missing,
-                                AuthError::Invalid => AuthError::Invalid,
-                                AuthError::Inactive => AuthError::Inactive,
-                                AuthError::Revoked => AuthError::Revoked,
-                            },
-                        })
-                    }
-                }
+                res.map_err(unshare)?
             }
         };
         let r = &verified.record;
@@ -171,7 +163,13 @@ impl Authenticator {
         {
             return Err(AuthError::Invalid);
         }
-        let Some(record) = self.store.get_key(&presented.key_id).await? else {
+        let lookup =
+            tokio::time::timeout(self.store_timeout, self.store.get_key(&presented.key_id));
+        let found = match lookup.await {
+            Ok(r) => r?,
+            Err(elapsed) => return Err(StoreError::unavailable(elapsed).into()),
+        };
+        let Some(record) = found else {
             self.negative.insert(digest, ());
             return Err(AuthError::Invalid);
         };
@@ -196,6 +194,18 @@ impl Authenticator {
         }
         Ok(Arc::new(Verified { record }))
     }
+}
+
+/// An error moka handed to several waiters at once, back as our own.
+fn unshare(e: Arc<AuthError>) -> AuthError {
+    Arc::try_unwrap(e).unwrap_or_else(|shared| match &*shared {
+        // The store error itself went to the first waiter (and its log line).
+        AuthError::Store(_) => AuthError::Store(StoreError::unavailable("key lookup failed")),
+        AuthError::Missing => AuthError::Missing,
+        AuthError::Invalid => AuthError::Invalid,
+        AuthError::Inactive => AuthError::Inactive,
+        AuthError::Revoked => AuthError::Revoked,
+    })
 }
 
 /// The presented key from `Authorization: Bearer` or `X-API-Key`.

@@ -33,7 +33,10 @@ impl AppState {
     ) -> Result<Self, StoreError> {
         let secret = store.secret("cursor-hmac").await?;
         Ok(Self {
-            auth: Arc::new(Authenticator::new(store.clone(), settings.auth_cache_ttl)),
+            auth: Arc::new(
+                Authenticator::new(store.clone(), settings.auth_cache_ttl)
+                    .with_store_timeout(settings.store_timeout),
+            ),
             store,
             clock,
             limiter: Arc::new(RateLimiter::new()),

@@ -2,11 +2,12 @@
 //! DynamoDB Local under `make test`). Every test gets tables of its own
 //! (random prefix), so they run in parallel.
 //!
-//! The endpoint comes from `TRIGGERS_TEST_DYNAMODB_ENDPOINT`; without it
-//! these tests fail (never skip).
+//! The endpoint comes from `crate::support::dynamodb::endpoint` (the
+//! `TRIGGERS_TEST_DYNAMODB_ENDPOINT` variable, else testcontainers); without
+//! one these tests fail (never skip).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -21,39 +22,19 @@ use triggers_api::store::{
     StoreError,
 };
 
-const ENDPOINT_VAR: &str = "TRIGGERS_TEST_DYNAMODB_ENDPOINT";
 const WINDOW: Duration = Duration::from_secs(300);
 const RETENTION: TimeDelta = TimeDelta::days(30);
 
-fn endpoint() -> String {
-    static CREDS: Once = Once::new();
-    CREDS.call_once(|| {
-        // DynamoDB Local accepts any credentials; the SDK insists on some.
-        // `make test` exports these; set them only when absent.
-        for (k, v) in [
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-        ] {
-            if std::env::var_os(k).is_none() {
-                std::env::set_var(k, v);
-            }
-        }
-    });
-    match std::env::var(ENDPOINT_VAR) {
-        Ok(e) if !e.is_empty() => e,
-        _ => panic!(
-            "{ENDPOINT_VAR} is not set: the DynamoDB store tests need a DynamoDB endpoint. \
-             Run `make test` (it starts AWS DynamoDB Local), or start one with \
-             `export {ENDPOINT_VAR}=$(scripts/dynamodb-local.sh start)`"
-        ),
-    }
+/// The shared resolver: the endpoint variable, else testcontainers, else a
+/// failure (never a skip). It also sets dummy credentials when absent.
+async fn endpoint() -> String {
+    crate::support::dynamodb::endpoint().await
 }
 
-fn config(prefix: &str) -> DynamoConfig {
+async fn config(prefix: &str) -> DynamoConfig {
     DynamoConfig {
         table_prefix: prefix.to_owned(),
-        endpoint_url: Some(endpoint()),
+        endpoint_url: Some(endpoint().await),
         // Generous: the emulator shares 2 cores with the rest of the suite.
         request_timeout: Duration::from_secs(10),
         max_attempts: 3,
@@ -66,7 +47,7 @@ fn new_prefix() -> String {
 
 /// A store on brand-new tables of its own.
 async fn fresh() -> DynamoStore {
-    let store = DynamoStore::connect(&config(&new_prefix()))
+    let store = DynamoStore::connect(&config(&new_prefix()).await)
         .await
         .expect("connect");
     store.create_tables().await.expect("create tables");
@@ -414,7 +395,7 @@ async fn dedup_holds_inside_the_window_and_not_outside() {
     // The dedup window survives a new store instance (another server).
     let (events, _) = store.table_names();
     let prefix = events.trim_end_matches("-events").to_owned();
-    let second = DynamoStore::connect(&config(&prefix))
+    let second = DynamoStore::connect(&config(&prefix).await)
         .await
         .expect("connect");
     let mut via_second = new_event(&acct, "t", r#"{"a":1}"#);
@@ -836,7 +817,7 @@ async fn secrets_are_created_once_and_shared() {
 
     let (events, _) = store.table_names();
     let prefix = events.trim_end_matches("-events").to_owned();
-    let second = DynamoStore::connect(&config(&prefix))
+    let second = DynamoStore::connect(&config(&prefix).await)
         .await
         .expect("connect");
     assert_eq!(
@@ -856,7 +837,7 @@ async fn create_tables_is_idempotent_and_ping_answers() {
         .map(|_| {
             let prefix = prefix.clone();
             tokio::spawn(async move {
-                let s = DynamoStore::connect(&config(&prefix))
+                let s = DynamoStore::connect(&config(&prefix).await)
                     .await
                     .expect("connect");
                 s.create_tables().await
@@ -875,7 +856,7 @@ async fn create_tables_is_idempotent_and_ping_answers() {
         .map(|_| {
             let prefix = prefix.clone();
             tokio::spawn(async move {
-                let s = DynamoStore::connect(&config(&prefix))
+                let s = DynamoStore::connect(&config(&prefix).await)
                     .await
                     .expect("connect");
                 s.create_tables().await
@@ -886,7 +867,7 @@ async fn create_tables_is_idempotent_and_ping_answers() {
         t.await.expect("task").expect("racing create_tables");
     }
     // A store whose tables do not exist is not healthy.
-    let missing = DynamoStore::connect(&config(&new_prefix()))
+    let missing = DynamoStore::connect(&config(&new_prefix()).await)
         .await
         .expect("connect");
     assert!(missing.ping().await.is_err());
@@ -938,7 +919,7 @@ async fn exercise_unavailable(store: &DynamoStore, budget: Duration) {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_unavailable_within_the_budget() {
-    endpoint(); // credentials
+    endpoint().await; // credentials
     let budget = Duration::from_secs(2);
     let cfg = DynamoConfig {
         table_prefix: "unreachable".into(),
@@ -954,8 +935,8 @@ async fn an_unreachable_endpoint_is_unavailable_within_the_budget() {
 
 #[tokio::test]
 async fn a_silent_endpoint_times_out_within_the_budget() {
-    endpoint(); // credentials
-                // Accepts connections and never answers: only timeouts can end a call.
+    endpoint().await; // credentials
+                      // Accepts connections and never answers: only timeouts can end a call.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -980,7 +961,7 @@ async fn a_silent_endpoint_times_out_within_the_budget() {
 
 async fn raw_client() -> aws_sdk_dynamodb::Client {
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint().await)
         .load()
         .await;
     aws_sdk_dynamodb::Client::new(&conf)

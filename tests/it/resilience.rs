@@ -209,3 +209,18 @@ async fn a_store_bug_is_a_generic_500_without_its_cause() {
     assert!(!p.to_string().contains("bug"), "{p}");
     assert_problem_snapshot("internal_error", p);
 }
+
+#[tokio::test]
+async fn a_hanging_store_during_key_lookup_answers_503_within_the_store_budget() {
+    let (app, mode, _cached) = switchable_app().await;
+    let fresh = app.key("acme", Role::Viewer).await;
+    mode.store(HANG, Ordering::SeqCst);
+    let started = Instant::now();
+    let resp = app.get("/inbox", &fresh).send().await.unwrap();
+    problem(resp, 503, "SERVICE_UNAVAILABLE").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
