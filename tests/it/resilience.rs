@@ -224,3 +224,109 @@ async fn a_hanging_store_during_key_lookup_answers_503_within_the_store_budget()
         started.elapsed()
     );
 }
+
+/// A TCP proxy in front of DynamoDB that the test can cut: afterwards every
+/// connection is refused and every open one is closed.
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let t = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns.lock().unwrap().push(t);
+            }
+        });
+        Self {
+            addr,
+            tasks,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.accept.abort();
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_dynamodb_answers_503_within_the_budget_and_status_degrades() {
+    use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
+    let upstream = crate::support::dynamodb::endpoint().await;
+    let proxy = CuttableProxy::start(upstream).await;
+    let budget = Duration::from_secs(2);
+    let cfg = DynamoConfig {
+        table_prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+        endpoint_url: Some(format!("http://{}", proxy.addr)),
+        request_timeout: budget,
+        max_attempts: 3,
+    };
+    let store = DynamoStore::connect(&cfg).await.unwrap();
+    store.create_tables().await.unwrap();
+    let settings = triggers_api::config::Settings {
+        store_timeout: budget,
+        ..test_settings()
+    };
+    let app = TestApp::start_on(
+        TestStore {
+            store: Arc::new(store),
+            _dir: None,
+        },
+        settings,
+    )
+    .await;
+    let key = app.key("acme", Role::Creator).await;
+    let body = json!({"event_type": "x", "payload": {"n": 1}});
+    assert_eq!(
+        app.post_json("/events", &key, &body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+
+    proxy.cut();
+    let started = Instant::now();
+    let resp = app
+        .post_json(
+            "/events",
+            &key,
+            &json!({"event_type": "x", "payload": {"n": 2}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    problem(resp, 503, "SERVICE_UNAVAILABLE").await;
+    assert!(took < budget + Duration::from_millis(1500), "took {took:?}");
+    let started = Instant::now();
+    problem(
+        app.get("/inbox", &key).send().await.unwrap(),
+        503,
+        "SERVICE_UNAVAILABLE",
+    )
+    .await;
+    assert!(started.elapsed() < budget + Duration::from_millis(1500));
+    let status = app.client.get(app.url("/status")).send().await.unwrap();
+    assert_eq!(status.status(), 503);
+    assert_eq!(status.json::<Value>().await.unwrap()["status"], "degraded");
+}
