@@ -244,6 +244,34 @@ impl TestApp {
             .body(body)
     }
 
+    /// A server plus a creator key for account "acme".
+    pub async fn with_creator(backend: Backend) -> (Self, String) {
+        let app = Self::start(backend).await;
+        let key = app.key("acme", Role::Creator).await;
+        (app, key)
+    }
+
+    /// GET /events/{id} as JSON (asserting 200).
+    pub async fn event(&self, key: &str, id: &str) -> Value {
+        let resp = self
+            .get(&format!("/events/{id}"), key)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 200, "GET /events/{id}");
+        parse_deep(&resp.text().await.expect("body"))
+    }
+
+    /// DELETE /events/{id}; returns the status code.
+    pub async fn ack(&self, key: &str, id: &str) -> u16 {
+        self.delete(&format!("/events/{id}"), key)
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
+    }
+
     /// POSTs an event and returns its id (asserting 201).
     pub async fn create_event(&self, key: &str, body: &Value) -> String {
         let resp = self

@@ -4,18 +4,12 @@ use triggers_api::domain::Role;
 
 use crate::support::{problem, Backend, TestApp};
 
-async fn creator(b: Backend) -> (TestApp, String) {
-    let app = TestApp::start(b).await;
-    let key = app.key("acme", Role::Creator).await;
-    (app, key)
-}
-
 fn ts(v: &Value) -> DateTime<chrono::FixedOffset> {
     DateTime::parse_from_rfc3339(v.as_str().expect("timestamp string")).expect("RFC 3339")
 }
 
 pub async fn posting_an_event_answers_201_with_location_and_an_accepted_body(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let resp = app
         .post_json(
             "/events",
@@ -49,7 +43,7 @@ impl TestApp {
 }
 
 pub async fn payload_and_metadata_come_back_exactly_as_sent(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let raw = r#"{"event_type":"exact","payload":{"z":1,"a":null,"big":123456789012345678901234567890,"f":1.50,"e":1e400,"neg":-0,"s":"ünïcødé \u2028 \"q\"","arr":[1,"2",[3],{"k":false}],"nested":{"deep":{"x":[]}}},"source":"billing","metadata":{"trace":"abc","n":9007199254740993}}"#;
     let resp = app.post_raw("/events", &key, raw).send().await.unwrap();
     assert_eq!(resp.status(), 201);
@@ -96,18 +90,11 @@ pub async fn payload_and_metadata_come_back_exactly_as_sent(b: Backend) {
 }
 
 pub async fn a_fetched_event_has_every_field_and_is_undelivered(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let id = app
         .create_event(&key, &json!({"event_type": "t", "payload": {"a": 1}}))
         .await;
-    let v: Value = app
-        .get(&format!("/events/{id}"), &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.event(&key, &id).await;
     let obj = v.as_object().unwrap();
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
@@ -135,7 +122,7 @@ pub async fn a_fetched_event_has_every_field_and_is_undelivered(b: Backend) {
 }
 
 pub async fn a_repeat_within_the_window_answers_200_with_the_original_id(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let body = json!({"event_type": "d", "payload": {"n": 1}, "source": "s"});
     let first = app.post_json("/events", &key, &body).send().await.unwrap();
     assert_eq!(first.status(), 201);
@@ -156,7 +143,7 @@ pub async fn a_repeat_within_the_window_answers_200_with_the_original_id(b: Back
 }
 
 pub async fn key_order_and_whitespace_do_not_make_a_payload_different(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let a = r#"{"event_type":"k","payload":{"a":1,"b":{"c":[1,2],"d":"x"}}}"#;
     let bb = "{ \"payload\" : { \"b\" : { \"d\" : \"x\", \"c\" : [ 1, 2 ] },\n \"a\" : 1 } , \"event_type\" : \"k\" }";
     let r1: Value = app
@@ -174,7 +161,7 @@ pub async fn key_order_and_whitespace_do_not_make_a_payload_different(b: Backend
 }
 
 pub async fn a_different_type_payload_or_source_is_not_a_duplicate(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let bodies = [
         json!({"event_type": "x", "payload": {"a": 1}}),
         json!({"event_type": "y", "payload": {"a": 1}}),
@@ -203,7 +190,7 @@ pub async fn a_different_type_payload_or_source_is_not_a_duplicate(b: Backend) {
 }
 
 pub async fn the_dedup_window_ends_exactly_at_its_bound(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let body = json!({"event_type": "w", "payload": {}});
     let first = app.create_event(&key, &body).await;
     app.clock
@@ -225,7 +212,7 @@ pub async fn the_dedup_window_ends_exactly_at_its_bound(b: Backend) {
 }
 
 pub async fn concurrent_identical_posts_create_exactly_one_event(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let body = json!({"event_type": "race", "payload": {"n": 42}});
     let mut tasks = Vec::new();
     for _ in 0..24 {
@@ -267,7 +254,7 @@ pub async fn deduplication_is_per_account(b: Backend) {
 }
 
 pub async fn acknowledging_removes_from_the_inbox_but_keeps_the_event_readable(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let id = app
         .create_event(&key, &json!({"event_type": "a", "payload": {}}))
         .await;
@@ -280,14 +267,7 @@ pub async fn acknowledging_removes_from_the_inbox_but_keeps_the_event_readable(b
     assert_eq!(resp.status(), 204);
     assert!(resp.bytes().await.unwrap().is_empty());
     assert!(app.walk_inbox(&key, 50, None).await.is_empty());
-    let v: Value = app
-        .get(&format!("/events/{id}"), &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.event(&key, &id).await;
     assert_eq!(v["delivered"], true);
     let delivered_at = ts(&v["delivered_at"]);
     assert_eq!(
@@ -297,7 +277,7 @@ pub async fn acknowledging_removes_from_the_inbox_but_keeps_the_event_readable(b
 }
 
 pub async fn a_second_acknowledgement_is_204_and_keeps_the_first_delivered_at(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let id = app
         .create_event(&key, &json!({"event_type": "a", "payload": {}}))
         .await;
@@ -325,7 +305,7 @@ pub async fn a_second_acknowledgement_is_204_and_keeps_the_first_delivered_at(b:
 }
 
 pub async fn an_invalid_or_unknown_event_id_is_404(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let v4 = uuid::Uuid::new_v4().to_string();
     let unknown_v7 = uuid::Uuid::now_v7().to_string();
     for id in ["not-an-id", "123", v4.as_str(), unknown_v7.as_str(), "%ZZ"] {
@@ -351,7 +331,7 @@ pub async fn an_invalid_or_unknown_event_id_is_404(b: Backend) {
 }
 
 pub async fn the_inbox_alias_paths_read_and_acknowledge(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let id = app
         .create_event(&key, &json!({"event_type": "a", "payload": {}}))
         .await;
@@ -372,33 +352,19 @@ pub async fn the_inbox_alias_paths_read_and_acknowledge(b: Backend) {
             .status(),
         204
     );
-    let v: Value = app
-        .get(&format!("/events/{id}"), &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.event(&key, &id).await;
     assert_eq!(v["delivered"], true);
 }
 
 pub async fn a_delivered_event_is_purged_after_the_retention_period(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let id = app
         .create_event(&key, &json!({"event_type": "p", "payload": {}}))
         .await;
     let keep = app
         .create_event(&key, &json!({"event_type": "p", "payload": {"k": 1}}))
         .await;
-    assert_eq!(
-        app.delete(&format!("/events/{id}"), &key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(app.ack(&key, &id).await, 204);
     app.clock.advance(Duration::days(30) - Duration::seconds(1));
     assert_eq!(
         app.get(&format!("/events/{id}"), &key)
@@ -463,13 +429,6 @@ pub async fn another_accounts_event_is_404_for_read_and_acknowledge(b: Backend) 
         )
         .await;
     }
-    let v: Value = app
-        .get(&format!("/events/{id}"), &mine)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.event(&mine, &id).await;
     assert_eq!(v["delivered"], false, "a foreign ack must not deliver it");
 }

@@ -5,12 +5,6 @@ use triggers_api::domain::Role;
 
 use crate::support::{error_fields, problem, Backend, TestApp};
 
-async fn creator(b: Backend) -> (TestApp, String) {
-    let app = TestApp::start(b).await;
-    let key = app.key("acme", Role::Creator).await;
-    (app, key)
-}
-
 async fn page(app: &TestApp, key: &str, query: &str) -> Value {
     let resp = app
         .get(&format!("/inbox{query}"), key)
@@ -31,7 +25,7 @@ fn ids(page: &Value) -> Vec<String> {
 }
 
 pub async fn the_inbox_lists_undelivered_events_oldest_first(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let empty = page(&app, &key, "").await;
     assert_eq!(
         empty,
@@ -63,7 +57,7 @@ pub async fn the_inbox_lists_undelivered_events_oldest_first(b: Backend) {
 }
 
 pub async fn limit_out_of_range_or_not_a_number_is_400(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     for q in [
         "limit=0",
         "limit=201",
@@ -89,7 +83,7 @@ pub async fn limit_out_of_range_or_not_a_number_is_400(b: Backend) {
 }
 
 pub async fn unknown_query_parameters_are_400(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let resp = app.get("/inbox?limt=5", &key).send().await.unwrap();
     let p = problem(resp, 400, "VALIDATION_ERROR").await;
     assert_eq!(error_fields(&p), ["limt"]);
@@ -145,7 +139,7 @@ pub async fn a_malformed_tampered_or_foreign_cursor_is_400_invalid_cursor(b: Bac
 }
 
 pub async fn the_event_type_filter_is_exact(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let mut want = Vec::new();
     for i in 0..7 {
         let t = match i % 3 {
@@ -168,7 +162,7 @@ pub async fn the_event_type_filter_is_exact(b: Backend) {
 }
 
 pub async fn has_more_is_false_only_on_the_last_page(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     for i in 0..4 {
         app.create_event(&key, &json!({"event_type": "h", "payload": {"i": i}}))
             .await;
@@ -189,7 +183,7 @@ pub async fn has_more_is_false_only_on_the_last_page(b: Backend) {
 }
 
 pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats_one(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let mut order: HashMap<String, usize> = HashMap::new();
     let mut initial = Vec::new();
     for i in 0..30 {
@@ -221,14 +215,7 @@ pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats
         }
         let ahead = &initial[(round * 7 + 10).min(29)];
         if acked.insert(ahead.clone()) {
-            assert_eq!(
-                app.delete(&format!("/events/{ahead}"), &key)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status(),
-                204
-            );
+            assert_eq!(app.ack(&key, &ahead).await, 204);
         }
         if let Some(behind) = seen.first().cloned() {
             if acked.insert(behind.clone()) {
@@ -263,21 +250,14 @@ pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats
 }
 
 pub async fn the_inbox_is_read_your_writes(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     for i in 0..10 {
         let id = app
             .create_event(&key, &json!({"event_type": "ryw", "payload": {"i": i}}))
             .await;
         let p = page(&app, &key, "?limit=200").await;
         assert!(ids(&p).contains(&id), "visible as soon as POST answered");
-        assert_eq!(
-            app.delete(&format!("/events/{id}"), &key)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            204
-        );
+        assert_eq!(app.ack(&key, &id).await, 204);
         let p = page(&app, &key, "?limit=200").await;
         assert!(!ids(&p).contains(&id), "gone as soon as DELETE answered");
     }

@@ -97,14 +97,7 @@ pub async fn metrics_expose_requests_latency_ingests_duplicates_and_acks(b: Back
     let id = app.create_event(&key, &body).await;
     let dup = app.post_json("/events", &key, &body).send().await.unwrap();
     assert_eq!(dup.status(), 200);
-    assert_eq!(
-        app.delete(&format!("/events/{id}"), &key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(app.ack(&key, &id).await, 204);
 
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -1,13 +1,6 @@
 use serde_json::{json, Value};
-use triggers_api::domain::Role;
 
 use crate::support::{error_fields, problem, Backend, TestApp};
-
-async fn creator(b: Backend) -> (TestApp, String) {
-    let app = TestApp::start(b).await;
-    let key = app.key("acme", Role::Creator).await;
-    (app, key)
-}
 
 pub async fn an_unknown_route_is_a_404_problem(b: Backend) {
     let app = TestApp::start(b).await;
@@ -16,7 +9,7 @@ pub async fn an_unknown_route_is_a_404_problem(b: Backend) {
 }
 
 pub async fn a_wrong_method_is_a_405_problem_with_an_allow_header(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     for (method, path) in [
         (reqwest::Method::PUT, "/events"),
         (reqwest::Method::POST, "/status"),
@@ -70,7 +63,7 @@ pub async fn a_sane_request_id_is_echoed_and_an_insane_one_replaced(b: Backend) 
 }
 
 pub async fn a_body_that_is_not_json_content_type_is_415(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let body = r#"{"event_type":"a","payload":{}}"#;
     for ct in [
         Some("text/plain"),
@@ -100,7 +93,7 @@ pub async fn a_body_that_is_not_json_content_type_is_415(b: Backend) {
 }
 
 pub async fn malformed_json_is_a_400_validation_error(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     for body in [
         "{",
         "",
@@ -116,7 +109,7 @@ pub async fn malformed_json_is_a_400_validation_error(b: Backend) {
 }
 
 pub async fn invalid_utf8_is_a_400_validation_error(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let mut body = br#"{"event_type":"a","payload":{"s":""#.to_vec();
     body.extend_from_slice(&[0xff, 0xfe]);
     body.extend_from_slice(br#""}}"#);
@@ -130,7 +123,7 @@ fn big_body(bytes: usize) -> Vec<u8> {
 }
 
 pub async fn a_body_over_512_kib_is_413_before_parsing(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     // Not even JSON: refused for its size, not its syntax.
     let body = vec![b'{'; 512 * 1024 + 1];
     let resp = app.post_raw("/events", &key, body).send().await.unwrap();
@@ -138,7 +131,7 @@ pub async fn a_body_over_512_kib_is_413_before_parsing(b: Backend) {
 }
 
 pub async fn a_chunked_body_over_the_limit_is_413(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..80).map(|_| Ok(vec![b' '; 8 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
@@ -148,7 +141,7 @@ pub async fn a_chunked_body_over_the_limit_is_413(b: Backend) {
 
 pub async fn a_lying_content_length_cannot_smuggle_a_large_body(b: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // Claims 10 bytes, sends a valid small body: the server reads exactly
@@ -170,7 +163,7 @@ pub async fn a_lying_content_length_cannot_smuggle_a_large_body(b: Backend) {
 }
 
 pub async fn a_payload_over_256_kib_is_413(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let resp = app
         .post_raw("/events", &key, big_body(256 * 1024))
         .send()
@@ -197,7 +190,7 @@ fn nested(depth: usize) -> String {
 }
 
 pub async fn request_nesting_of_128_is_accepted_and_129_is_400(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let resp = app
         .post_raw("/events", &key, nested(128))
         .send()
@@ -242,7 +235,7 @@ pub async fn request_nesting_of_128_is_accepted_and_129_is_400(b: Backend) {
 }
 
 pub async fn unknown_fields_are_400_and_listed(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let body = json!({"event_type": "a", "payload": {}, "extra": 1, "delivered": true});
     let p = problem(
         app.post_json("/events", &key, &body).send().await.unwrap(),
@@ -256,7 +249,7 @@ pub async fn unknown_fields_are_400_and_listed(b: Backend) {
 }
 
 pub async fn missing_and_mistyped_fields_are_all_listed(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let p = problem(
         app.post_json("/events", &key, &json!({}))
             .send()
@@ -283,7 +276,7 @@ pub async fn missing_and_mistyped_fields_are_all_listed(b: Backend) {
 }
 
 pub async fn event_type_must_be_1_to_255_characters_without_control_characters(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     for bad in [
         String::new(),
         "x".repeat(256),
@@ -313,7 +306,7 @@ pub async fn event_type_must_be_1_to_255_characters_without_control_characters(b
 }
 
 pub async fn source_must_be_at_most_255_characters(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     let body = json!({"event_type": "a", "payload": {}, "source": "s".repeat(256)});
     let p = problem(
         app.post_json("/events", &key, &body).send().await.unwrap(),
@@ -334,7 +327,7 @@ pub async fn source_must_be_at_most_255_characters(b: Backend) {
 }
 
 pub async fn payload_and_metadata_must_be_objects(b: Backend) {
-    let (app, key) = creator(b).await;
+    let (app, key) = TestApp::with_creator(b).await;
     for (payload, metadata, field) in [
         (json!([1]), json!({}), "payload"),
         (json!(null), json!({}), "payload"),
