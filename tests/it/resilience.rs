@@ -125,6 +125,7 @@ async fn switchable_app() -> (TestApp, Arc<AtomicU8>, String) {
             mode: mode.clone(),
         }),
         _dir: base._dir,
+        location: crate::support::Location::Other,
     };
     let settings = triggers_api::config::Settings {
         store_timeout: Duration::from_millis(300),
@@ -288,6 +289,7 @@ async fn an_unreachable_dynamodb_answers_503_within_the_budget_and_status_degrad
         TestStore {
             store: Arc::new(store),
             _dir: None,
+            location: crate::support::Location::Other,
         },
         settings,
     )

@@ -28,22 +28,50 @@ pub enum Backend {
 pub struct TestStore {
     pub store: Arc<dyn Store>,
     pub _dir: Option<tempfile::TempDir>,
+    /// Where the data lives, to open a second handle on it.
+    pub location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub enum Location {
+    Sqlite(std::path::PathBuf),
+    Dynamodb { prefix: String },
+    Other,
+}
+
+impl TestStore {
+    /// Another handle on the same data, as a second server instance (or a
+    /// restarted one) would open it.
+    pub async fn reopen(&self) -> Arc<dyn Store> {
+        match &self.location {
+            Location::Sqlite(path) => Arc::new(SqliteStore::open(path).expect("reopen sqlite")),
+            Location::Dynamodb { prefix } => dynamodb::open(prefix).await,
+            Location::Other => panic!("this store cannot be reopened"),
+        }
+    }
 }
 
 pub async fn test_store(backend: Backend) -> TestStore {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
-            let store = SqliteStore::open(&dir.path().join("triggers.db")).expect("open sqlite");
+            let path = dir.path().join("triggers.db");
+            let store = SqliteStore::open(&path).expect("open sqlite");
             TestStore {
                 store: Arc::new(store),
                 _dir: Some(dir),
+                location: Location::Sqlite(path),
             }
         }
-        Backend::Dynamodb => TestStore {
-            store: dynamodb::fresh_store().await,
-            _dir: None,
-        },
+        Backend::Dynamodb => {
+            let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+            let store = dynamodb::open(&prefix).await;
+            TestStore {
+                store,
+                _dir: None,
+                location: Location::Dynamodb { prefix },
+            }
+        }
     }
 }
 
@@ -120,11 +148,10 @@ pub mod dynamodb {
         }
     }
 
-    /// A store on brand-new tables of its own.
-    pub async fn fresh_store() -> Arc<dyn Store> {
+    /// A store on the tables of `prefix`, created if missing.
+    pub async fn open(prefix: &str) -> Arc<dyn Store> {
         let endpoint = endpoint().await;
-        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-        let store = DynamoStore::connect(&config(&endpoint, &prefix))
+        let store = DynamoStore::connect(&config(&endpoint, prefix))
             .await
             .expect("connect to DynamoDB");
         store.create_tables().await.expect("create tables");
@@ -190,6 +217,20 @@ impl TestApp {
             stop: Some(stop),
             _store: store,
         }
+    }
+
+    /// A second server on the same data (another instance, or this one
+    /// restarted), with its own clock set to this one's time.
+    pub async fn another_instance(&self) -> TestApp {
+        use triggers_api::clock::Clock;
+        let store = TestStore {
+            store: self._store.reopen().await,
+            _dir: None,
+            location: self._store.location.clone(),
+        };
+        let app = TestApp::start_on(store, (*self.state.settings).clone()).await;
+        app.clock.set(self.clock.now());
+        app
     }
 
     pub fn url(&self, path: &str) -> String {

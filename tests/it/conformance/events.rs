@@ -432,3 +432,51 @@ pub async fn another_accounts_event_is_404_for_read_and_acknowledge(b: Backend) 
     let v = app.event(&mine, &id).await;
     assert_eq!(v["delivered"], false, "a foreign ack must not deliver it");
 }
+
+pub async fn deduplication_holds_across_instances_and_restarts(b: Backend) {
+    let (one, key) = TestApp::with_creator(b).await;
+    let two = one.another_instance().await;
+    let body = json!({"event_type": "multi", "payload": {"n": 7}});
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let req = if i % 2 == 0 { &one } else { &two }.post_json("/events", &key, &body);
+        tasks.push(tokio::spawn(async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.json::<Value>().await.unwrap()["event_id"].clone(),
+            )
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(
+        results.iter().filter(|(s, _)| *s == 201).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results.iter().all(|(_, id)| *id == results[0].1),
+        "{results:?}"
+    );
+    let original = results[0].1.clone();
+    // A restarted server (a fresh handle on the same store) still knows it.
+    drop(two);
+    let restarted = one.another_instance().await;
+    restarted.clock.advance(Duration::seconds(299));
+    let resp = restarted
+        .post_json("/events", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["event_id"], original);
+    // Each instance reads the other's writes.
+    assert_eq!(
+        restarted.walk_inbox(&key, 10, None).await,
+        vec![original.as_str().unwrap().to_owned()]
+    );
+}

@@ -73,6 +73,7 @@ suite! {
     events::the_dedup_window_ends_exactly_at_its_bound,
     events::concurrent_identical_posts_create_exactly_one_event,
     events::deduplication_is_per_account,
+    events::deduplication_holds_across_instances_and_restarts,
     events::acknowledging_removes_from_the_inbox_but_keeps_the_event_readable,
     events::a_second_acknowledgement_is_204_and_keeps_the_first_delivered_at,
     events::an_invalid_or_unknown_event_id_is_404,
