@@ -215,7 +215,7 @@ pub async fn walking_pages_while_events_are_added_and_acknowledged_never_repeats
         }
         let ahead = &initial[(round * 7 + 10).min(29)];
         if acked.insert(ahead.clone()) {
-            assert_eq!(app.ack(&key, &ahead).await, 204);
+            assert_eq!(app.ack(&key, ahead).await, 204);
         }
         if let Some(behind) = seen.first().cloned() {
             if acked.insert(behind.clone()) {
