@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::clock::SystemClock;
 use crate::config::{
-    Cli, Command, DynamoCommand, KeysCommand, LogFormat, ServeArgs, StoreArgs, StoreUrl,
+    Cli, Command, DynamoCommand, KeysCommand, LogFormat, ServeArgs, Settings, StoreArgs, StoreUrl,
 };
 use crate::domain::{format_ts, AccountId};
 use crate::keys::{self, KeyError};
@@ -40,11 +40,12 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let store = cli.store;
     match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Keys { store, command }) => keys_command(&store, command).await,
-        Some(Command::Dynamodb { store, command }) => dynamodb_command(&store, command).await,
+        None => serve(store, ServeArgs::from_env()?).await,
+        Some(Command::Serve(args)) => serve(store, args).await,
+        Some(Command::Keys { command }) => keys_command(&store, command).await,
+        Some(Command::Dynamodb { command }) => dynamodb_command(&store, command).await,
     }
 }
 
@@ -121,11 +122,11 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(store_args: StoreArgs, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let store: Arc<dyn Store> = match &args.store.store {
+    let store: Arc<dyn Store> = match &store_args.store {
         StoreUrl::Dynamodb { table_prefix } => {
-            let store = open_dynamodb(&args.store, table_prefix).await?;
+            let store = open_dynamodb(&store_args, table_prefix).await?;
             if args.create_tables {
                 store
                     .create_tables()
@@ -134,9 +135,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             Arc::new(store)
         }
-        StoreUrl::Sqlite(_) => open_store(&args.store).await?,
+        StoreUrl::Sqlite(_) => open_store(&store_args).await?,
     };
-    let store_text = store_url_text(&args.store.store);
+    let store_text = store_url_text(&store_args.store);
     if store
         .list_keys(None)
         .await
@@ -150,9 +151,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "the store has no API keys yet; create the first one with: {exe} keys create --store {store_text} --account my-account --email you@example.com --role creator"
         );
     }
-    let state = AppState::new(store, Arc::new(SystemClock), (&args).into())
-        .await
-        .context("cannot initialise the service")?;
+    let state = AppState::new(
+        store,
+        Arc::new(SystemClock),
+        Settings::new(&store_args, &args),
+    )
+    .await
+    .context("cannot initialise the service")?;
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;

@@ -15,14 +15,29 @@ use crate::domain::{KeyStatus, Role};
     name = "triggers-api",
     version,
     about = "Triggers API: ingest events, read an account's inbox, acknowledge them",
-    args_conflicts_with_subcommands = true
+    after_help = "Without a subcommand it runs `serve`, configured by its environment variables."
 )]
 pub struct Cli {
+    /// What to run [default: serve].
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// `serve`'s options, for running without a subcommand.
+    /// Store options; global, so they go before or after any subcommand.
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub store: StoreArgs,
+}
+
+/// `serve`'s options from the environment and defaults alone (no
+/// subcommand given).
+#[derive(Debug, Parser)]
+struct ServeFromEnv {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl ServeArgs {
+    pub fn from_env() -> Result<Self, clap::Error> {
+        ServeFromEnv::try_parse_from(["triggers-api"]).map(|c| c.serve)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,15 +46,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Manage API keys.
     Keys {
-        #[command(flatten)]
-        store: StoreArgs,
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// DynamoDB administration.
     Dynamodb {
-        #[command(flatten)]
-        store: StoreArgs,
         #[command(subcommand)]
         command: DynamoCommand,
     },
@@ -147,19 +158,25 @@ pub struct StoreArgs {
     /// The store: sqlite://PATH (embedded) or dynamodb://TABLE_PREFIX.
     #[arg(
         long,
+        global = true,
         env = "TRIGGERS_STORE",
         default_value = "sqlite://./data/triggers.db"
     )]
     pub store: StoreUrl,
     /// Budget for one store call, in milliseconds; past it the API answers 503.
-    #[arg(long, env = "TRIGGERS_STORE_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        global = true,
+        env = "TRIGGERS_STORE_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub store_timeout_ms: u64,
     /// bcrypt cost for new keys (4-31).
-    #[arg(long, env = "TRIGGERS_BCRYPT_COST", default_value_t = 12,
+    #[arg(long, global = true, env = "TRIGGERS_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
     /// Requests per minute for keys created without --rate-limit.
-    #[arg(long, env = "TRIGGERS_DEFAULT_RATE_LIMIT", default_value_t = 100,
+    #[arg(long, global = true, env = "TRIGGERS_DEFAULT_RATE_LIMIT", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub default_rate_limit: u32,
 }
@@ -178,8 +195,6 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "TRIGGERS_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
@@ -240,15 +255,15 @@ impl Default for Settings {
     }
 }
 
-impl From<&ServeArgs> for Settings {
-    fn from(a: &ServeArgs) -> Self {
+impl Settings {
+    pub fn new(store: &StoreArgs, a: &ServeArgs) -> Self {
         Self {
             max_body_bytes: a.max_body_bytes,
             max_payload_bytes: a.max_payload_bytes,
             dedup_window: Duration::from_secs(a.dedup_window_secs),
             delivered_retention: Duration::from_secs(a.delivered_retention_secs),
             auth_cache_ttl: Duration::from_secs(a.auth_cache_secs),
-            store_timeout: a.store.store_timeout(),
+            store_timeout: store.store_timeout(),
             request_timeout: Duration::from_secs(a.request_timeout_secs),
         }
     }
@@ -276,5 +291,33 @@ mod tests {
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn store_options_go_before_or_after_any_subcommand() {
+        for args in [
+            &["t", "keys", "list", "--store", "sqlite://x.db"][..],
+            &["t", "--store", "sqlite://x.db", "keys", "list"],
+            &[
+                "t",
+                "serve",
+                "--store",
+                "sqlite://x.db",
+                "--bind",
+                "127.0.0.1:1",
+            ],
+            &[
+                "t",
+                "--store",
+                "sqlite://x.db",
+                "serve",
+                "--bind",
+                "127.0.0.1:1",
+            ],
+            &["t", "--store", "sqlite://x.db"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.store.store, StoreUrl::Sqlite("x.db".into()), "{args:?}");
+        }
     }
 }

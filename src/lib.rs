@@ -49,11 +49,9 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    let authenticated =
-        routes::events::router().route_layer(from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(routes::meta::router())
-        .merge(authenticated)
+        .merge(routes::events::router(state.clone()))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,5 +1,5 @@
 //! POST /events, GET /inbox, GET and DELETE /events/{id} (aliased under
-//! /inbox/{id}). Every route here sits behind `auth::require_key`.
+//! /inbox/{id}).
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -9,7 +9,9 @@ use axum::{Extension, Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::auth::Caller;
+use axum::middleware::from_fn_with_state;
+
+use crate::auth::{require_key, Caller};
 use crate::domain::{format_ts, Event, Role};
 use crate::error::{ApiError, Problem};
 use crate::extract::{decode_cursor, EventIdParam, InboxParams, JsonBody};
@@ -17,12 +19,21 @@ use crate::service::CreateEvent;
 use crate::state::AppState;
 use crate::store::{AckOutcome, InboxQuery};
 
-pub fn router() -> Router<AppState> {
+/// Every handler here sits behind `auth::require_key`, applied per method
+/// so that a wrong method is a 405 whether or not a key was sent.
+pub fn router(state: AppState) -> Router<AppState> {
+    let auth = || from_fn_with_state(state.clone(), require_key);
     Router::new()
-        .route("/events", post(create_event))
-        .route("/inbox", get(list_inbox))
-        .route("/events/{id}", get(get_event).delete(ack_event))
-        .route("/inbox/{id}", get(get_event).delete(ack_event))
+        .route("/events", post(create_event).route_layer(auth()))
+        .route("/inbox", get(list_inbox).route_layer(auth()))
+        .route(
+            "/events/{id}",
+            get(get_event).delete(ack_event).route_layer(auth()),
+        )
+        .route(
+            "/inbox/{id}",
+            get(get_event).delete(ack_event).route_layer(auth()),
+        )
 }
 
 /// The body of POST /events (documentation of the accepted shape).

@@ -212,14 +212,25 @@ fn a_fresh_store_logs_the_command_that_creates_the_first_key_as_json() {
         .find(|l| l.contains("keys create"))
         .unwrap_or_else(|| panic!("no hint in {lines:?}"));
     let v: Value = serde_json::from_str(hint).expect("log lines are JSON");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("--store {store}")),
-        "{hint}"
-    );
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains(&format!("--store {store}")), "{hint}");
     assert_eq!(v["level"], "WARN");
+    // The printed command works as printed.
+    let command = &message[message.find(BIN).expect("names the binary")..];
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("TRIGGERS_BCRYPT_COST", "4")
+        .env_remove("TRIGGERS_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ok_json(cli(&store, &["keys", "list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

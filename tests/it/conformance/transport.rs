@@ -31,6 +31,10 @@ pub async fn a_wrong_method_is_a_405_problem_with_an_allow_header(b: Backend) {
         );
         problem(resp, 405, "METHOD_NOT_ALLOWED").await;
     }
+    // The method is wrong whoever asks: 405 before authentication.
+    let resp = app.client.put(app.url("/events")).send().await.unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
+    problem(resp, 405, "METHOD_NOT_ALLOWED").await;
 }
 
 pub async fn a_sane_request_id_is_echoed_and_an_insane_one_replaced(b: Backend) {
