@@ -371,3 +371,50 @@ async fn kill_9_loses_no_event_that_was_answered_201() {
         acked.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_tables_is_idempotent_and_the_keys_cli_works_on_dynamodb() {
+    let endpoint = crate::support::dynamodb::endpoint().await;
+    let prefix = format!("cli{}", uuid::Uuid::new_v4().simple());
+    let store = format!("dynamodb://{prefix}");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("TRIGGERS_STORE", &store)
+            .env("TRIGGERS_BCRYPT_COST", "4")
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = run(&["dynamodb", "create-tables"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let created = ok_json(run(&[
+        "keys",
+        "create",
+        "--account",
+        "acme",
+        "--email",
+        "d@acme.example",
+        "--role",
+        "viewer",
+        "--json",
+    ]));
+    let key_id = created["key_id"].as_str().unwrap();
+    assert!(run(&["keys", "set-rate-limit", key_id, "77"])
+        .status
+        .success());
+    assert!(run(&["keys", "revoke", key_id]).status.success());
+    let list = ok_json(run(&["keys", "list", "--json"]));
+    assert_eq!(list[0]["key_id"], key_id);
+    assert_eq!(list[0]["status"], "revoked");
+    assert_eq!(list[0]["rate_limit_per_minute"], 77);
+    let out = run(&["keys", "revoke", "zzzzzzzzzzzzzzzz"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key"));
+}
