@@ -166,7 +166,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
-    _store: TestStore,
+    store: TestStore,
 }
 
 impl Drop for TestApp {
@@ -215,7 +215,7 @@ impl TestApp {
             clock,
             state,
             stop: Some(stop),
-            _store: store,
+            store,
         }
     }
 
@@ -224,9 +224,9 @@ impl TestApp {
     pub async fn another_instance(&self) -> TestApp {
         use triggers_api::clock::Clock;
         let store = TestStore {
-            store: self._store.reopen().await,
+            store: self.store.reopen().await,
             _dir: None,
-            location: self._store.location.clone(),
+            location: self.store.location.clone(),
         };
         let app = TestApp::start_on(store, (*self.state.settings).clone()).await;
         app.clock.set(self.clock.now());
