@@ -561,7 +561,6 @@ async fn run_phase(
         "--report-file",
         &json,
         "--no-telnet",
-        "--no-websocket",
         "--no-print-metrics",
         "--quiet",
     ])
@@ -616,9 +615,9 @@ fn create_key(bin: &Path, store: &str, account: &str) -> anyhow::Result<String> 
     let out = Command::new(bin)
         .args([
             "keys",
-            "create",
             "--store",
             store,
+            "create",
             "--account",
             account,
             "--email",
@@ -691,6 +690,20 @@ async fn start_server(args: &Args) -> anyhow::Result<(Server, String)> {
     };
     wait_ready(&server.url, Duration::from_secs(30)).await?;
     Ok((server, key))
+}
+
+/// One authenticated request, so the key's (cost-12) bcrypt verification
+/// happens before anything is measured.
+async fn warm_up(url: &str) -> anyhow::Result<()> {
+    let r = reqwest::Client::new()
+        .get(format!("{url}/inbox?limit=1"))
+        .bearer_auth(&target().key)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("warm-up GET /inbox answered {}", r.status());
+    }
+    Ok(())
 }
 
 /// POSTs `n` events with 32 concurrent senders (not measured).
@@ -980,6 +993,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         nonce: rand::random(),
     });
     wait_ready(&url, Duration::from_secs(10)).await?;
+    warm_up(&url).await?;
     let seed_n = args.seed_events.unwrap_or(match args.scenario {
         Kind::Drain => 30_000,
         Kind::Inbox | Kind::Hotpath => 5_000,
