@@ -6,6 +6,12 @@
 //! default, which bounds how long a revoked key keeps working). Unknown or
 //! wrong keys land in a bounded negative cache, and a key id that keeps
 //! failing is refused without bcrypt for a while, so bad keys cannot burn CPU.
+//!
+//! When a cached entry expires, the record is read again (so a revoked or
+//! deactivated key stops working within `cache_ttl`), but bcrypt does not run
+//! again if this exact key (by digest) already verified against the very
+//! hash the store still holds: the expiry is then a cheap O(1) store read,
+//! not a ~250 ms stall of every request with that key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +31,9 @@ use crate::store::{Store, StoreError};
 
 const CACHE_CAPACITY: u64 = 100_000;
 const NEGATIVE_CAPACITY: u64 = 100_000;
+/// How long a key that verified is remembered (by digest, with the hash it
+/// verified against) after its last use, to refresh without bcrypt.
+const VERIFIED_IDLE: Duration = Duration::from_secs(3600);
 /// Wrong secrets tolerated per key id per `FAILURE_WINDOW` before that key id
 /// is refused without verification.
 const MAX_FAILURES: u32 = 20;
@@ -90,6 +99,8 @@ pub struct Authenticator {
     positive: moka::future::Cache<[u8; 32], Arc<Verified>>,
     negative: moka::sync::Cache<[u8; 32], ()>,
     failures: moka::sync::Cache<KeyId, Arc<std::sync::atomic::AtomicU32>>,
+    /// Digest of a presented key -> the bcrypt hash it verified against.
+    verified_hashes: moka::sync::Cache<[u8; 32], Arc<str>>,
     bcrypt_slots: Semaphore,
 }
 
@@ -110,6 +121,10 @@ impl Authenticator {
             failures: moka::sync::Cache::builder()
                 .max_capacity(NEGATIVE_CAPACITY)
                 .time_to_live(FAILURE_WINDOW)
+                .build(),
+            verified_hashes: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_idle(VERIFIED_IDLE)
                 .build(),
             bcrypt_slots: Semaphore::new(slots),
         }
@@ -173,6 +188,15 @@ impl Authenticator {
             self.negative.insert(digest, ());
             return Err(AuthError::Invalid);
         };
+        // Verified before against this same hash: no need to run bcrypt again
+        // (the record, and so its status, is fresh from the store).
+        if self
+            .verified_hashes
+            .get(&digest)
+            .is_some_and(|h| *h == *record.secret_hash)
+        {
+            return Ok(Arc::new(Verified { record }));
+        }
         let ok = {
             let _slot = self
                 .bcrypt_slots
@@ -192,6 +216,8 @@ impl Authenticator {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(AuthError::Invalid);
         }
+        self.verified_hashes
+            .insert(digest, Arc::from(record.secret_hash.as_str()));
         Ok(Arc::new(Verified { record }))
     }
 }
