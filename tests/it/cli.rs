@@ -261,7 +261,16 @@ async fn the_server_and_the_cli_share_a_store_while_both_run() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let log = server.log.lock().unwrap().join("\n");
+    // The access log line is read from the server's stdout by another
+    // thread: wait for it rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = server.log.lock().unwrap().join("\n");
+        if log.contains("request completed") || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(!log.contains(&key[20..]), "the key must never be logged");
     assert!(
         log.contains("request completed") && log.contains("request_id"),
