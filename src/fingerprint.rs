@@ -139,6 +139,54 @@ mod tests {
         );
     }
 
+    /// The streamed form is byte for byte the straightforward one: object
+    /// keys sorted, serde_json's string escaping, number literals as sent.
+    #[test]
+    fn the_streamed_form_matches_a_reference_serialisation() {
+        fn reference(v: &Value, out: &mut String) {
+            match v {
+                Value::Object(m) => {
+                    let mut keys: Vec<&String> = m.keys().collect();
+                    keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                    out.push('{');
+                    for (i, k) in keys.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&serde_json::to_string(k).unwrap());
+                        out.push(':');
+                        reference(&m[k], out);
+                    }
+                    out.push('}');
+                }
+                Value::Array(a) => {
+                    out.push('[');
+                    for (i, x) in a.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        reference(x, out);
+                    }
+                    out.push(']');
+                }
+                other => out.push_str(&serde_json::to_string(other).unwrap()),
+            }
+        }
+        let text = r#"{"b":"x\"y\\z\n\u0001","a":[1.50,-0,1e400,null,true,"é\u2028"],"c":{"k":"long ".repeat(1)}}"#
+            .replace(r#""long ".repeat(1)"#, &format!("\"{}\"", "v".repeat(10_000)));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let mut canon = String::new();
+        reference(&v, &mut canon);
+        let mut h = Sha256::new();
+        h.update(b"triggers-fp-v1\n");
+        h.update(1u64.to_be_bytes());
+        h.update(b"t");
+        h.update([0u8]);
+        h.update(canon.as_bytes());
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(fingerprint("t", v.as_object().unwrap(), None).0, want);
+    }
+
     #[test]
     fn type_and_source_boundaries_cannot_be_shifted() {
         let p = obj(json!({}));
