@@ -4,6 +4,17 @@ use triggers_api::domain::Role;
 
 use crate::support::{problem, Backend, TestApp};
 
+/// GET and DELETE on `path` both answer a 404 problem.
+async fn assert_gone(app: &TestApp, key: &str, path: &str) {
+    problem(app.get(path, key).send().await.unwrap(), 404, "NOT_FOUND").await;
+    problem(
+        app.delete(path, key).send().await.unwrap(),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+}
+
 fn ts(v: &Value) -> DateTime<chrono::FixedOffset> {
     DateTime::parse_from_rfc3339(v.as_str().expect("timestamp string")).expect("RFC 3339")
 }
@@ -309,24 +320,7 @@ pub async fn an_invalid_or_unknown_event_id_is_404(b: Backend) {
     let v4 = uuid::Uuid::new_v4().to_string();
     let unknown_v7 = uuid::Uuid::now_v7().to_string();
     for id in ["not-an-id", "123", v4.as_str(), unknown_v7.as_str(), "%ZZ"] {
-        problem(
-            app.get(&format!("/events/{id}"), &key)
-                .send()
-                .await
-                .unwrap(),
-            404,
-            "NOT_FOUND",
-        )
-        .await;
-        problem(
-            app.delete(&format!("/events/{id}"), &key)
-                .send()
-                .await
-                .unwrap(),
-            404,
-            "NOT_FOUND",
-        )
-        .await;
+        assert_gone(&app, &key, &format!("/events/{id}")).await;
     }
 }
 
@@ -376,24 +370,7 @@ pub async fn a_delivered_event_is_purged_after_the_retention_period(b: Backend) 
     );
     app.clock.advance(Duration::seconds(1));
     // Hidden at once, whether or not a purge has run…
-    problem(
-        app.get(&format!("/events/{id}"), &key)
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    problem(
-        app.delete(&format!("/events/{id}"), &key)
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+    assert_gone(&app, &key, &format!("/events/{id}")).await;
     // …and the purge leaves undelivered events alone.
     app.state.purge_once().await.unwrap();
     problem(
@@ -416,18 +393,7 @@ pub async fn another_accounts_event_is_404_for_read_and_acknowledge(b: Backend) 
         .create_event(&mine, &json!({"event_type": "a", "payload": {}}))
         .await;
     for path in [format!("/events/{id}"), format!("/inbox/{id}")] {
-        problem(
-            app.get(&path, &theirs).send().await.unwrap(),
-            404,
-            "NOT_FOUND",
-        )
-        .await;
-        problem(
-            app.delete(&path, &theirs).send().await.unwrap(),
-            404,
-            "NOT_FOUND",
-        )
-        .await;
+        assert_gone(&app, &theirs, &path).await;
     }
     let v = app.event(&mine, &id).await;
     assert_eq!(v["delivered"], false, "a foreign ack must not deliver it");
