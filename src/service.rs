@@ -6,19 +6,21 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{trunc_ms, AccountId, Event, EventId, EventType, JsonObject, Source};
-use crate::fingerprint::fingerprint;
 use crate::state::AppState;
-use crate::store::{AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, NewEvent, StoreError};
+use crate::store::{
+    AckOutcome, Dedup, Fingerprint, InboxPage, InboxQuery, Inserted, NewEvent, StoreError,
+};
 
 /// A parsed, valid ingest request.
 #[derive(Debug, Clone)]
 pub struct CreateEvent {
     pub event_type: EventType,
-    pub payload: serde_json::Map<String, serde_json::Value>,
-    /// `payload` serialized once, as it is stored and served.
-    pub payload_json: JsonObject,
+    /// Exactly as sent; stored and served as this text.
+    pub payload: JsonObject,
     pub source: Option<Source>,
     pub metadata: JsonObject,
+    /// The dedup fingerprint of (event_type, payload, source).
+    pub fingerprint: Fingerprint,
 }
 
 #[derive(Debug, Clone)]
@@ -52,23 +54,18 @@ impl AppState {
         account: &AccountId,
         req: CreateEvent,
     ) -> Result<Ingested, StoreError> {
-        let fp = fingerprint(
-            req.event_type.as_str(),
-            &req.payload,
-            req.source.as_ref().map(Source::as_str),
-        );
         let event = NewEvent {
             event_id: EventId::new_v7(),
             account: account.clone(),
             event_type: req.event_type,
-            payload: req.payload_json,
+            payload: req.payload,
             source: req.source,
             metadata: req.metadata,
             timestamp: trunc_ms(self.clock.now()),
         };
         let (event_id, timestamp) = (event.event_id, event.timestamp);
         let dedup = Dedup {
-            fingerprint: fp,
+            fingerprint: req.fingerprint,
             window: self.settings.dedup_window,
         };
         match self.timed(self.store.insert_event(event, dedup)).await? {
