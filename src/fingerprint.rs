@@ -51,6 +51,9 @@ enum Key {
 #[derive(Clone, Copy)]
 struct Member {
     key: Key,
+    /// The key's first 8 bytes, big-endian, zero-padded: orders like the
+    /// bytes themselves, so most comparisons need no `memcmp`.
+    prefix: u64,
     /// `out[start..end]` holds `"key":value` in canonical form.
     start: usize,
     end: usize,
@@ -72,6 +75,34 @@ thread_local! {
 
 /// Buffers larger than this are not kept between calls.
 const KEEP_CAPACITY: usize = 1 << 20;
+
+fn prefix_of(key: &[u8]) -> u64 {
+    let mut v = 0u64;
+    for i in 0..8 {
+        v = (v << 8) | u64::from(key.get(i).copied().unwrap_or(0));
+    }
+    v
+}
+
+/// `extend_from_slice` without a `memcpy` call for the short pieces most
+/// tokens are.
+#[inline]
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.len() <= 16 {
+        out.reserve(bytes.len());
+        for &b in bytes {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(bytes);
+    }
+}
+
+fn cmp_keys(src: &[u8], arena: &[u8], a: &Member, b: &Member) -> std::cmp::Ordering {
+    a.prefix
+        .cmp(&b.prefix)
+        .then_with(|| key_bytes(src, arena, a.key).cmp(key_bytes(src, arena, b.key)))
+}
 
 fn key_bytes<'a>(src: &'a [u8], arena: &'a [u8], k: Key) -> &'a [u8] {
     match k {
@@ -147,7 +178,7 @@ impl Canon<'_> {
                 break;
             }
         }
-        self.b.out.extend_from_slice(&self.src[start..self.pos]);
+        put(&mut self.b.out, &self.src[start..self.pos]);
         if let Some(b'e' | b'E') = self.peek() {
             self.pos += 1;
             self.b.out.push(b'e');
@@ -162,14 +193,14 @@ impl Canon<'_> {
             while self.peek().is_some_and(|c| c.is_ascii_digit()) {
                 self.pos += 1;
             }
-            self.b.out.extend_from_slice(&self.src[digits..self.pos]);
+            put(&mut self.b.out, &self.src[digits..self.pos]);
         }
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<(), InvalidJson> {
         if self.src[self.pos..].starts_with(word) {
             self.pos += word.len();
-            self.b.out.extend_from_slice(word);
+            put(&mut self.b.out, word);
             Ok(())
         } else {
             Err(invalid("expected a JSON value"))
@@ -183,6 +214,12 @@ impl Canon<'_> {
         let start = self.pos; // the opening quote
         let mut i = start + 1;
         let mut escaped = false;
+        // Most strings are short: look at the first bytes one by one before
+        // handing the rest to the vectorised search.
+        let short_end = (i + 24).min(self.src.len());
+        while i < short_end && !matches!(self.src[i], b'"' | b'\\') {
+            i += 1;
+        }
         let end = loop {
             match memchr::memchr2(b'"', b'\\', &self.src[i..]) {
                 None => return Err(invalid("unterminated string")),
@@ -205,20 +242,17 @@ impl Canon<'_> {
         if !escaped {
             // Valid JSON without escapes holds no quote, backslash or control
             // character: serde_json would write it exactly like this.
-            self.b.out.extend_from_slice(&self.src[start..=end]);
+            put(&mut self.b.out, &self.src[start..=end]);
             return Ok(Key::Src(start + 1, end));
         }
-        let text = std::str::from_utf8(&self.src[start..=end])
-            .map_err(|_| invalid("invalid UTF-8"))?;
-        let unescaped: String =
-            serde_json::from_str(text).map_err(|e| InvalidJson(format!("malformed JSON: {e}")))?;
-        serde_json::to_writer(&mut self.b.out, &unescaped)
-            .map_err(|e| InvalidJson(e.to_string()))?;
-        if key_arena.is_none() {
-            return Ok(Key::Src(0, 0));
-        }
+        let is_key = key_arena.is_some();
         let a = self.b.arena.len();
-        self.b.arena.extend_from_slice(unescaped.as_bytes());
+        unescape(
+            &self.src[start + 1..end],
+            &mut self.b.out,
+            &mut self.b.arena,
+            is_key,
+        )?;
         Ok(Key::Arena(a, self.b.arena.len()))
     }
 
@@ -276,19 +310,20 @@ impl Canon<'_> {
             self.b.out.push(b':');
             self.value(depth + 1)?;
             let end = self.b.out.len();
-            if self.b.members.len() > base {
-                let prev = self.b.members[self.b.members.len() - 1].key;
-                if key_bytes(self.src, &self.b.arena, prev) >= key_bytes(self.src, &self.b.arena, key)
-                {
-                    in_order = false;
-                }
-            }
-            self.b.members.push(Member {
+            let member = Member {
                 key,
+                prefix: prefix_of(key_bytes(self.src, &self.b.arena, key)),
                 start,
                 end,
                 index,
-            });
+            };
+            if self.b.members.len() > base {
+                let prev = &self.b.members[self.b.members.len() - 1];
+                if cmp_keys(self.src, &self.b.arena, prev, &member).is_ge() {
+                    in_order = false;
+                }
+            }
+            self.b.members.push(member);
             index += 1;
             self.skip_ws();
             match self.peek() {
@@ -323,11 +358,7 @@ impl Canon<'_> {
         } = &mut *self.b;
         let src = self.src;
         let ms = &mut members[base..];
-        ms.sort_unstable_by(|a, b| {
-            key_bytes(src, arena, a.key)
-                .cmp(key_bytes(src, arena, b.key))
-                .then(a.index.cmp(&b.index))
-        });
+        ms.sort_unstable_by(|a, b| cmp_keys(src, arena, a, b).then(a.index.cmp(&b.index)));
         scratch.clear();
         scratch.extend_from_slice(&out[body..]);
         out.truncate(body);
@@ -335,7 +366,7 @@ impl Canon<'_> {
         for (j, m) in ms.iter().enumerate() {
             let repeated_later = ms
                 .get(j + 1)
-                .is_some_and(|n| key_bytes(src, arena, n.key) == key_bytes(src, arena, m.key));
+                .is_some_and(|n| cmp_keys(src, arena, n, m).is_eq());
             if repeated_later {
                 continue;
             }
@@ -346,6 +377,115 @@ impl Canon<'_> {
             out.extend_from_slice(&scratch[m.start - body..m.end - body]);
         }
     }
+}
+
+fn hex4(b: &[u8]) -> Result<u32, InvalidJson> {
+    let mut v = 0u32;
+    for &c in b.get(..4).ok_or_else(|| invalid("truncated \\u escape"))? {
+        let d = (c as char)
+            .to_digit(16)
+            .ok_or_else(|| invalid("invalid \\u escape"))?;
+        v = v * 16 + d;
+    }
+    Ok(v)
+}
+
+/// Writes `c` as serde_json does inside a string: `"` and `\` and control
+/// characters escaped (the short forms where JSON has one, else `\u00xx`),
+/// everything else as UTF-8.
+fn put_char(out: &mut Vec<u8>, c: char) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match c {
+        '"' => out.extend_from_slice(b"\\\""),
+        '\\' => out.extend_from_slice(b"\\\\"),
+        '\u{8}' => out.extend_from_slice(b"\\b"),
+        '\u{c}' => out.extend_from_slice(b"\\f"),
+        '\n' => out.extend_from_slice(b"\\n"),
+        '\r' => out.extend_from_slice(b"\\r"),
+        '\t' => out.extend_from_slice(b"\\t"),
+        c if (c as u32) < 0x20 => {
+            let b = c as u8;
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
+        c => {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+}
+
+/// The body of a JSON string with escapes (`body` is between the quotes):
+/// writes its canonical form, quoted, to `out` and, for a key, its
+/// unescaped bytes to `arena`. A `\u` escape that is a lone surrogate is
+/// an error, as it is for serde_json.
+fn unescape(
+    body: &[u8],
+    out: &mut Vec<u8>,
+    arena: &mut Vec<u8>,
+    is_key: bool,
+) -> Result<(), InvalidJson> {
+    out.push(b'"');
+    let mut run = 0;
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'\\', &body[i..]) {
+        let at = i + off;
+        out.extend_from_slice(&body[run..at]);
+        if is_key {
+            arena.extend_from_slice(&body[run..at]);
+        }
+        let (c, len) = match body.get(at + 1) {
+            Some(b'"') => ('"', 2),
+            Some(b'\\') => ('\\', 2),
+            Some(b'/') => ('/', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'u') => {
+                let hi = hex4(&body[at + 2..])?;
+                match hi {
+                    0xD800..=0xDBFF => {
+                        if body.get(at + 6..at + 8) != Some(b"\\u") {
+                            return Err(invalid("lone leading surrogate in hex escape"));
+                        }
+                        let lo = hex4(&body[at + 8..])?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return Err(invalid("lone leading surrogate in hex escape"));
+                        }
+                        let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        (
+                            char::from_u32(cp).ok_or_else(|| invalid("invalid \\u escape"))?,
+                            12,
+                        )
+                    }
+                    0xDC00..=0xDFFF => {
+                        return Err(invalid("lone trailing surrogate in hex escape"));
+                    }
+                    _ => (
+                        char::from_u32(hi).ok_or_else(|| invalid("invalid \\u escape"))?,
+                        6,
+                    ),
+                }
+            }
+            _ => return Err(invalid("invalid escape")),
+        };
+        put_char(out, c);
+        if is_key {
+            let mut buf = [0u8; 4];
+            arena.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+        i = at + len;
+        run = i;
+    }
+    out.extend_from_slice(&body[run..]);
+    if is_key {
+        arena.extend_from_slice(&body[run..]);
+    }
+    out.push(b'"');
+    Ok(())
 }
 
 /// Writes the canonical form of the JSON text `json` into `out`.
@@ -500,7 +640,10 @@ mod tests {
     #[test]
     fn exponents_are_normalised_like_serde_json_keeps_them() {
         let text = r#"{"a":[1E5,1e5,1e+5,2.5E-3,-0e0,0.10]}"#;
-        assert_eq!(canonical(text), r#"{"a":[1e+5,1e+5,1e+5,2.5e-3,-0e+0,0.10]}"#);
+        assert_eq!(
+            canonical(text),
+            r#"{"a":[1e+5,1e+5,1e+5,2.5e-3,-0e+0,0.10]}"#
+        );
         assert_eq!(canonical(text), reference_of(text));
     }
 
@@ -522,8 +665,19 @@ mod tests {
     #[test]
     fn text_that_is_not_json_is_an_error_not_a_panic() {
         for bad in [
-            "", "{", "{\"a\"", "{\"a\":", "{\"a\":1", "{\"a\":1,}", "[1,", "\"abc", "\"ab\\",
-            "tru", "{} x", "{1:2}", "{\"a\" 1}",
+            "",
+            "{",
+            "{\"a\"",
+            "{\"a\":",
+            "{\"a\":1",
+            "{\"a\":1,}",
+            "[1,",
+            "\"abc",
+            "\"ab\\",
+            "tru",
+            "{} x",
+            "{1:2}",
+            "{\"a\" 1}",
         ] {
             assert!(fingerprint("t", bad, None).is_err(), "{bad:?}");
         }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 use triggers_api::clock::ManualClock;
 use triggers_api::config::Settings;
 use triggers_api::domain::{AccountId, EventId, EventType};
 use triggers_api::fingerprint::fingerprint;
 use triggers_api::service::CreateEvent;
-use sha2::{Digest, Sha256};
 use triggers_api::store::{Fingerprint, InboxQuery, Position};
 use triggers_api::AppState;
 
@@ -198,8 +198,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn json_object() -> impl Strategy<Value = Map<String, Value>> {
-    proptest::collection::btree_map(KEY, json_value(), 0..6)
-        .prop_map(|m| m.into_iter().collect())
+    proptest::collection::btree_map(KEY, json_value(), 0..6).prop_map(|m| m.into_iter().collect())
 }
 
 /// Serializes `v` with object keys rotated by `rot` and reversed, and with
