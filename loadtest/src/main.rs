@@ -29,6 +29,8 @@ use goose::prelude::{GooseAttack, TransactionResult};
 use goose::test_plan::TestPlanStepAction;
 use serde_json::{json, Value};
 
+mod lean;
+
 /// Events are spread over this many event types so that drain consumers
 /// (one type each) do not compete for the same events.
 const PARTS: usize = 8;
@@ -49,6 +51,15 @@ enum Kind {
     Mixed,
     /// status, then ingest, then ingest + inbox readers; checks the hot-path goals.
     Hotpath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Engine {
+    /// goose: per-request metrics, HTML/JSON reports, every scenario.
+    Goose,
+    /// A minimal keep-alive HTTP/1.1 client on one thread (status, ingest,
+    /// inbox, hotpath): leaves the server more of a shared machine's CPU.
+    Lean,
 }
 
 #[derive(Debug, Parser)]
@@ -76,6 +87,10 @@ struct Args {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value_t = Kind::Mixed)]
     scenario: Kind,
+    /// Which client drives the load (reports: goose writes HTML and JSON per
+    /// phase; both write the summary JSON).
+    #[arg(long, value_enum, default_value_t = Engine::Goose)]
+    engine: Engine,
     /// Concurrent users (closed loop: each waits for its answer).
     #[arg(long, default_value_t = 32)]
     users: usize,
@@ -1004,7 +1019,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let mut results = Vec::new();
     for phase in plan(&args) {
-        results.push(run_phase(&args, &url, &phase, pid).await?);
+        let r = match args.engine {
+            Engine::Goose => run_phase(&args, &url, &phase, pid).await?,
+            Engine::Lean => {
+                tokio::task::block_in_place(|| lean::run_phase(&url, &phase, args.run_time, pid))?
+            }
+        };
+        results.push(r);
     }
     let hwm = pid
         .and_then(|p| proc_status_kib(p, "VmHWM:"))
@@ -1017,6 +1038,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let name = format!("{:?}", args.scenario).to_lowercase();
     let summary = json!({
         "scenario": name,
+        "engine": format!("{:?}", args.engine).to_lowercase(),
         "host": url,
         "users": args.users,
         "run_time_secs": args.run_time,
