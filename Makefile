@@ -4,7 +4,7 @@ CARGO ?= cargo
 STORE ?= sqlite://./data/triggers.db
 BIND  ?= 127.0.0.1:8080
 
-.PHONY: help run build key test test-quick lint fmt clippy bench loadtest dynamodb-local dynamodb-local-stop clean
+.PHONY: help run build key test test-quick lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -37,8 +37,11 @@ clippy:
 bench: ## criterion benches (auth, fingerprint, store)
 	$(CARGO) bench --bench auth --bench fingerprint --bench store
 
-loadtest: ## goose load test against a server it starts itself (see loadtest/README.md)
+loadtest: ## goose load test against a server it starts itself (see docs/performance.md)
 	scripts/loadtest.sh
+
+hotpath: ## issue 4's hot-path plan (status, ingest, ingest+inbox) with the lean client, 3 runs, medians
+	scripts/perf-runs.sh hotpath-lean --scenario hotpath --engine lean --users 32 --run-time 10
 
 dynamodb-local: ## start AWS DynamoDB Local on a free port; prints the endpoint
 	scripts/dynamodb-local.sh install

@@ -53,15 +53,95 @@ fn payload(target: usize) -> (String, usize) {
     }
 }
 
+/// The previous implementation, kept as the baseline: what a POST used to
+/// cost — parse the payload into a `serde_json::Map`, then walk the tree
+/// (sorted keys, serde_json escaping) into the hasher.
+fn tree_walk_baseline(event_type: &str, payload: &str, source: Option<&str>) -> [u8; 32] {
+    use std::io::Write;
+    struct HashWriter<'a>(&'a mut Sha256);
+    impl Write for HashWriter<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    fn put(h: &mut Sha256, v: &Value) {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                h.update(b"{");
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        h.update(b",");
+                    }
+                    let _ = serde_json::to_writer(HashWriter(h), k);
+                    h.update(b":");
+                    put(h, v);
+                }
+                h.update(b"}");
+            }
+            Value::Array(items) => {
+                h.update(b"[");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        h.update(b",");
+                    }
+                    put(h, item);
+                }
+                h.update(b"]");
+            }
+            Value::String(s) => {
+                let _ = serde_json::to_writer(HashWriter(h), s);
+            }
+            other => {
+                let _ = write!(HashWriter(h), "{other}");
+            }
+        }
+    }
+    let map: serde_json::Map<String, Value> = serde_json::from_str(payload).expect("an object");
+    let mut h = Sha256::new();
+    h.update(b"triggers-fp-v1\n");
+    h.update((event_type.len() as u64).to_be_bytes());
+    h.update(event_type.as_bytes());
+    match source {
+        None => h.update([0u8]),
+        Some(s) => {
+            h.update([1u8]);
+            h.update((s.len() as u64).to_be_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+    put(&mut h, &Value::Object(map));
+    h.finalize().into()
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("fingerprint");
     for (name, size) in SIZES {
         let (text, len) = payload(size);
+        assert_eq!(
+            fingerprint("order.created", &text, Some("shop")).map(|f| f.0),
+            Ok(tree_walk_baseline("order.created", &text, Some("shop"))),
+            "the baseline computes the same fingerprint"
+        );
         let raw = vec![0x5au8; len];
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_with_input(BenchmarkId::new("fingerprint", name), &text, |b, t| {
             b.iter(|| fingerprint("order.created", std::hint::black_box(t), Some("shop")))
         });
+        g.bench_with_input(
+            BenchmarkId::new("tree_walk_baseline", name),
+            &text,
+            |b, t| {
+                b.iter(|| {
+                    tree_walk_baseline("order.created", std::hint::black_box(t), Some("shop"))
+                })
+            },
+        );
         g.bench_with_input(BenchmarkId::new("sha256", name), &raw, |b, r| {
             b.iter(|| Sha256::digest(std::hint::black_box(r)))
         });
@@ -108,6 +188,9 @@ fn report() {
         ) {
             (Some(fp), Some(sha)) => {
                 let ratio = sha / fp;
+                let before = mean_ns(&dir, "tree_walk_baseline", name)
+                    .map(|b| format!(", {:.2}x faster than parse + tree walk", b / fp))
+                    .unwrap_or_default();
                 let mib = |ns: f64| len as f64 / (ns / 1e9) / (1024.0 * 1024.0);
                 let goal = size >= 64 * 1024;
                 let verdict = match (goal, ratio >= 0.4) {
@@ -119,7 +202,7 @@ fn report() {
                     }
                 };
                 println!(
-                    "  {name:>7} ({len} B): fingerprint {:8.1} MiB/s, sha256 {:8.1} MiB/s, ratio {ratio:.2}x{verdict}",
+                    "  {name:>7} ({len} B): fingerprint {:8.1} MiB/s, sha256 {:8.1} MiB/s, ratio {ratio:.2}x{verdict}{before}",
                     mib(fp),
                     mib(sha)
                 );
