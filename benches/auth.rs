@@ -43,7 +43,12 @@ fn bench(c: &mut Criterion) {
         .expect("create key");
     let token = created.token.clone();
     let hash = created.record.secret_hash.clone();
-    let secret = token.rsplit_once('_').expect("key format").1.to_owned();
+    // The secret is base64url and may itself contain '_': split with the
+    // service's own parser, not at the last underscore.
+    let secret = triggers_api::apikey::parse(&token)
+        .expect("key format")
+        .secret
+        .to_owned();
 
     // A long TTL so the cached entry outlives the measurement.
     let auth = Arc::new(Authenticator::new(store.clone(), Duration::from_secs(3600)));
