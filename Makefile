@@ -33,6 +33,7 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p triggers-loadtest --all-targets -- -D warnings
 
 bench: ## criterion benches (auth, fingerprint, store)
 	$(CARGO) bench --bench auth --bench fingerprint --bench store

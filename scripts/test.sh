@@ -17,6 +17,12 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+# The load-test crate is outside default-members (it builds goose); lint it
+# and run its unit tests here so the performance tooling cannot rot.
+step "load-test crate: clippy -D warnings, unit tests"
+cargo clippy -p triggers-loadtest --all-targets -- -D warnings
+cargo test -p triggers-loadtest
+
 stop_emulator=0
 cleanup() {
     if [[ $stop_emulator == 1 ]]; then scripts/dynamodb-local.sh stop || true; fi
