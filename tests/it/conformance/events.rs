@@ -171,6 +171,29 @@ pub async fn key_order_and_whitespace_do_not_make_a_payload_different(b: Backend
     assert_eq!(r1["event_id"], r2["event_id"]);
 }
 
+pub async fn escape_and_exponent_spelling_do_not_make_a_payload_different_but_digits_do(
+    b: Backend,
+) {
+    let (app, key) = TestApp::with_creator(b).await;
+    let post = |body: &'static str| {
+        let (app, key) = (&app, &key);
+        async move {
+            let r = app.post_raw("/events", key, body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (status, v["event_id"].clone())
+        }
+    };
+    let (s1, first) = post(r#"{"event_type":"e","payload":{"s":"é/A","n":1E5}}"#).await;
+    assert_eq!(s1, 201);
+    let (s2, again) = post(r#"{"event_type":"e","payload":{"n":1e+5,"s":"\u00e9\/\u0041"}}"#).await;
+    assert_eq!((s2, &again), (200, &first));
+    // The digits themselves count: 1e5 and 100000 are different payloads.
+    let (s3, other) = post(r#"{"event_type":"e","payload":{"s":"é/A","n":100000}}"#).await;
+    assert_eq!(s3, 201);
+    assert_ne!(other, first);
+}
+
 pub async fn a_different_type_payload_or_source_is_not_a_duplicate(b: Backend) {
     let (app, key) = TestApp::with_creator(b).await;
     let bodies = [

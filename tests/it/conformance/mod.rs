@@ -69,6 +69,7 @@ suite! {
     events::a_fetched_event_has_every_field_and_is_undelivered,
     events::a_repeat_within_the_window_answers_200_with_the_original_id,
     events::key_order_and_whitespace_do_not_make_a_payload_different,
+    events::escape_and_exponent_spelling_do_not_make_a_payload_different_but_digits_do,
     events::a_different_type_payload_or_source_is_not_a_duplicate,
     events::the_dedup_window_ends_exactly_at_its_bound,
     events::concurrent_identical_posts_create_exactly_one_event,
