@@ -778,53 +778,82 @@ struct Check {
     enforced: bool,
 }
 
+impl Check {
+    fn new(what: impl Into<String>, value: f64, op: &str, limit: f64, enforced: bool) -> Self {
+        let ok = match op {
+            "<" => value < limit,
+            "<=" => value <= limit,
+            ">=" => value >= limit,
+            other => unreachable!("no comparison {other}"),
+        };
+        Self {
+            what: what.into(),
+            value,
+            limit: format!("{op} {limit}"),
+            ok,
+            enforced,
+        }
+    }
+
+    /// `value < limit`.
+    fn below(what: impl Into<String>, value: f64, limit: f64, enforced: bool) -> Self {
+        Self::new(what, value, "<", limit, enforced)
+    }
+
+    /// `value <= limit`.
+    fn at_most(what: impl Into<String>, value: f64, limit: f64, enforced: bool) -> Self {
+        Self::new(what, value, "<=", limit, enforced)
+    }
+
+    /// `value >= limit`.
+    fn at_least(what: impl Into<String>, value: f64, limit: f64, enforced: bool) -> Self {
+        Self::new(what, value, ">=", limit, enforced)
+    }
+}
+
 fn checks(args: &Args, results: &[PhaseResult]) -> Vec<Check> {
     let mut out = Vec::new();
     for r in results {
         let total: usize = r.endpoints.iter().map(|e| e.count).sum();
         let fails: usize = r.endpoints.iter().map(|e| e.fails).sum();
+        let name = &r.name;
         if total > 0 {
             let rate = fails as f64 / total as f64;
-            out.push(Check {
-                what: format!("{}: error rate", r.name),
-                value: rate,
-                limit: format!("<= {}", args.max_error_rate),
-                ok: rate <= args.max_error_rate,
-                enforced: true,
-            });
+            out.push(Check::at_most(
+                format!("{name}: error rate"),
+                rate,
+                args.max_error_rate,
+                true,
+            ));
         }
         if let Some(e) = r.endpoint("POST", "/events") {
-            out.push(Check {
-                what: format!("{}: POST /events p95 ms", r.name),
-                value: e.p95_ms,
-                limit: format!("< {}", args.post_p95_ms),
-                ok: e.p95_ms < args.post_p95_ms,
-                enforced: true,
-            });
-            out.push(Check {
-                what: format!("{}: events created/s", r.name),
-                value: r.events_created_per_sec,
-                limit: format!(">= {}", args.min_events_per_sec),
-                ok: r.events_created_per_sec >= args.min_events_per_sec,
-                enforced: true,
-            });
+            out.push(Check::below(
+                format!("{name}: POST /events p95 ms"),
+                e.p95_ms,
+                args.post_p95_ms,
+                true,
+            ));
+            out.push(Check::at_least(
+                format!("{name}: events created/s"),
+                r.events_created_per_sec,
+                args.min_events_per_sec,
+                true,
+            ));
         } else if r.endpoint("DELETE", "/events/{id}").is_some() {
-            out.push(Check {
-                what: format!("{}: events acknowledged/s", r.name),
-                value: r.events_acked_per_sec,
-                limit: format!(">= {}", args.min_events_per_sec),
-                ok: r.events_acked_per_sec >= args.min_events_per_sec,
-                enforced: true,
-            });
+            out.push(Check::at_least(
+                format!("{name}: events acknowledged/s"),
+                r.events_acked_per_sec,
+                args.min_events_per_sec,
+                true,
+            ));
         }
         if let Some(e) = r.endpoint("GET", "/inbox") {
-            out.push(Check {
-                what: format!("{}: GET /inbox p95 ms", r.name),
-                value: e.p95_ms,
-                limit: format!("< {}", args.inbox_p95_ms),
-                ok: e.p95_ms < args.inbox_p95_ms,
-                enforced: true,
-            });
+            out.push(Check::below(
+                format!("{name}: GET /inbox p95 ms"),
+                e.p95_ms,
+                args.inbox_p95_ms,
+                true,
+            ));
         }
     }
     if args.scenario == Kind::Hotpath {
@@ -836,49 +865,45 @@ fn checks(args: &Args, results: &[PhaseResult]) -> Vec<Check> {
 /// The hot-path goals of issue 4, judged on the hotpath plan's phases.
 fn hotpath_goals(args: &Args, results: &[PhaseResult]) -> Vec<Check> {
     let mut out = Vec::new();
+    let strict = args.strict;
     let by = |n: &str| results.iter().find(|r| r.name.ends_with(n));
     let status = by("-status").and_then(|r| r.endpoint("GET", "/status"));
     let ingest = by("-ingest");
     let post = ingest.and_then(|r| r.endpoint("POST", "/events"));
     if let (Some(s), Some(i), Some(p)) = (status, ingest, post) {
-        out.push(Check {
-            what: "goal: POST /events/s (1 KiB)".into(),
-            value: i.events_created_per_sec,
-            limit: ">= 5000".into(),
-            ok: i.events_created_per_sec >= 5000.0,
-            enforced: args.strict,
-        });
-        out.push(Check {
-            what: "goal: POST /events p95 ms".into(),
-            value: p.p95_ms,
-            limit: "< 20".into(),
-            ok: p.p95_ms < 20.0,
-            enforced: args.strict,
-        });
+        out.push(Check::at_least(
+            "goal: POST /events/s (1 KiB)",
+            i.events_created_per_sec,
+            5000.0,
+            strict,
+        ));
+        out.push(Check::below(
+            "goal: POST /events p95 ms",
+            p.p95_ms,
+            20.0,
+            strict,
+        ));
         let ratio = p.per_sec / s.per_sec.max(f64::MIN_POSITIVE);
-        out.push(Check {
-            what: "goal: POST/s over GET /status/s".into(),
-            value: ratio,
-            limit: ">= 0.3".into(),
-            ok: ratio >= 0.3,
-            enforced: args.strict,
-        });
+        out.push(Check::at_least(
+            "goal: POST/s over GET /status/s",
+            ratio,
+            0.3,
+            strict,
+        ));
     }
     if let Some(inbox) = by("-ingest+inbox").and_then(|r| r.endpoint("GET", "/inbox")) {
-        out.push(Check {
-            what: "goal: GET /inbox pages/s while ingesting".into(),
-            value: inbox.per_sec,
-            limit: ">= 1000".into(),
-            ok: inbox.per_sec >= 1000.0,
-            enforced: args.strict,
-        });
-        out.push(Check {
-            what: "goal: GET /inbox p95 ms while ingesting".into(),
-            value: inbox.p95_ms,
-            limit: "< 50".into(),
-            ok: inbox.p95_ms < 50.0,
-            enforced: args.strict,
-        });
+        out.push(Check::at_least(
+            "goal: GET /inbox pages/s while ingesting",
+            inbox.per_sec,
+            1000.0,
+            strict,
+        ));
+        out.push(Check::below(
+            "goal: GET /inbox p95 ms while ingesting",
+            inbox.p95_ms,
+            50.0,
+            strict,
+        ));
     }
     out
 }
@@ -1104,6 +1129,17 @@ mod tests {
         let pa = serde_json::to_string(&a["payload"]).expect("text");
         assert_eq!(pa.len(), PAYLOAD_BYTES);
         assert_ne!(a["payload"], b["payload"]);
+    }
+
+    #[test]
+    fn checks_compare_and_print_their_limit() {
+        let c = Check::below("p95", 19.9, 20.0, true);
+        assert!(c.ok && c.limit == "< 20");
+        assert!(!Check::below("p95", 20.0, 20.0, true).ok);
+        let c = Check::at_least("ratio", 0.29, 0.3, false);
+        assert!(!c.ok && c.limit == ">= 0.3" && !c.enforced);
+        let c = Check::at_most("errors", 0.01, 0.01, true);
+        assert!(c.ok && c.limit == "<= 0.01");
     }
 
     #[test]
