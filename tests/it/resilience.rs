@@ -169,14 +169,7 @@ async fn an_unreachable_store_answers_503_with_retry_after_and_writes_nothing() 
         app.walk_inbox(&key, 50, None).await.is_empty(),
         "the refused write did not happen"
     );
-    assert_eq!(
-        app.post_json("/events", &key, &body)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(app.post_event_status(&key, &body).await, 201);
 }
 
 #[tokio::test]
@@ -296,14 +289,7 @@ async fn an_unreachable_dynamodb_answers_503_within_the_budget_and_status_degrad
     .await;
     let key = app.key("acme", Role::Creator).await;
     let body = json!({"event_type": "x", "payload": {"n": 1}});
-    assert_eq!(
-        app.post_json("/events", &key, &body)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(app.post_event_status(&key, &body).await, 201);
 
     proxy.cut();
     let started = Instant::now();

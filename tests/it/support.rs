@@ -313,6 +313,16 @@ impl TestApp {
             .as_u16()
     }
 
+    /// POST /events; returns the status code.
+    pub async fn post_event_status(&self, key: &str, body: &Value) -> u16 {
+        self.post_json("/events", key, body)
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
+    }
+
     /// POSTs an event and returns its id (asserting 201).
     pub async fn create_event(&self, key: &str, body: &Value) -> String {
         let resp = self

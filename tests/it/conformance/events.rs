@@ -213,14 +213,7 @@ pub async fn a_different_type_payload_or_source_is_not_a_duplicate(b: Backend) {
     assert_eq!(ids.len(), bodies.len());
     // metadata is not part of the fingerprint.
     let body = json!({"event_type": "x", "payload": {"a": 1}, "metadata": {"m": 1}});
-    assert_eq!(
-        app.post_json("/events", &key, &body)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.post_event_status(&key, &body).await, 200);
 }
 
 pub async fn the_dedup_window_ends_exactly_at_its_bound(b: Backend) {
