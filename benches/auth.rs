@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use triggers_api::auth::{AuthError, Authenticator};
+use triggers_api::auth::{AuthConfig, AuthError, AuthMetrics, Authenticator, ClientNet};
+use triggers_api::clock::SystemClock;
 use triggers_api::domain::Role;
 use triggers_api::store::sqlite::SqliteStore;
 use triggers_api::store::Store;
@@ -32,7 +33,7 @@ fn bench(c: &mut Criterion) {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&dir.path().join("auth.db")).expect("open store"));
     let created = rt
-        .block_on(triggers_api::keys::create(
+        .block_on(triggers_api::auth::admin::create(
             store.as_ref(),
             "bench",
             "bench@example.com",
@@ -45,14 +46,24 @@ fn bench(c: &mut Criterion) {
     let hash = created.record.secret_hash.clone();
     // The secret is base64url and may itself contain '_': split with the
     // service's own parser, not at the last underscore.
-    let secret = triggers_api::apikey::parse(&token)
+    let secret = triggers_api::auth::key::parse(&token)
         .expect("key format")
         .secret
         .to_owned();
 
     // A long TTL so the cached entry outlives the measurement.
-    let auth = Arc::new(Authenticator::new(store.clone(), Duration::from_secs(3600)));
-    rt.block_on(auth.authenticate(&token)).expect("first check");
+    let auth = Arc::new(Authenticator::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        AuthConfig {
+            cache_ttl: Duration::from_secs(3600),
+            ..AuthConfig::default()
+        },
+        AuthMetrics::default(),
+    ));
+    let src = ClientNet::UNKNOWN;
+    rt.block_on(auth.authenticate(&token, src))
+        .expect("first check");
 
     let mut g = c.benchmark_group("auth");
 
@@ -60,21 +71,21 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let auth = auth.clone();
             let token = token.clone();
-            async move { auth.authenticate(&token).await.expect("valid") }
+            async move { auth.authenticate(&token, src).await.expect("valid") }
         })
     });
 
     // Unknown key id: the first check misses the store, every later one is
     // answered from the negative cache.
     let unknown = format!("trg_{}_{}", "zzzzzzzzzzzzzzzz", &secret);
-    let _ = rt.block_on(auth.authenticate(&unknown));
+    let _ = rt.block_on(auth.authenticate(&unknown, src));
     g.bench_function("unknown_key_negative_cached", |b| {
         b.to_async(&rt).iter(|| {
             let auth = auth.clone();
             let unknown = unknown.clone();
             async move {
                 assert!(matches!(
-                    auth.authenticate(&unknown).await,
+                    auth.authenticate(&unknown, src).await,
                     Err(AuthError::Invalid)
                 ))
             }
@@ -91,7 +102,7 @@ fn bench(c: &mut Criterion) {
             },
             |t| {
                 let auth = auth.clone();
-                async move { assert!(auth.authenticate(&t).await.is_err()) }
+                async move { assert!(auth.authenticate(&t, src).await.is_err()) }
             },
             BatchSize::SmallInput,
         )
@@ -99,22 +110,23 @@ fn bench(c: &mut Criterion) {
 
     // Wrong secret for a real key id, repeated: negative cache.
     let wrong = wrong_secret(&token, 0);
-    let _ = rt.block_on(auth.authenticate(&wrong));
+    let _ = rt.block_on(auth.authenticate(&wrong, src));
     g.bench_function("wrong_secret_negative_cached", |b| {
         b.to_async(&rt).iter(|| {
             let auth = auth.clone();
             let wrong = wrong.clone();
-            async move { assert!(auth.authenticate(&wrong).await.is_err()) }
+            async move { assert!(auth.authenticate(&wrong, src).await.is_err()) }
         })
     });
 
-    // A different wrong secret each time: after 20 failures in a minute the
-    // key id is refused without bcrypt. Burn the 20 first (cost-12 bcrypts).
+    // A different wrong secret each time: after 20 bcrypt runs in a minute
+    // from one source the key id is refused without bcrypt (429). Burn the
+    // 20 first (cost-12 bcrypts).
     for i in 1..=20 {
-        let _ = rt.block_on(auth.authenticate(&wrong_secret(&token, i)));
+        let _ = rt.block_on(auth.authenticate(&wrong_secret(&token, i), src));
     }
     let mut m = 1_000u64;
-    g.bench_function("wrong_secret_fresh_after_lockout", |b| {
+    g.bench_function("wrong_secret_fresh_over_budget", |b| {
         b.to_async(&rt).iter_batched(
             || {
                 m += 1;
@@ -122,7 +134,7 @@ fn bench(c: &mut Criterion) {
             },
             |t| {
                 let auth = auth.clone();
-                async move { assert!(auth.authenticate(&t).await.is_err()) }
+                async move { assert!(auth.authenticate(&t, src).await.is_err()) }
             },
             BatchSize::SmallInput,
         )

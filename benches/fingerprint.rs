@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use triggers_api::fingerprint::fingerprint;
+use triggers_api::domain::fingerprint::fingerprint;
 
 const SIZES: [(&str, usize); 3] = [("1KiB", 1024), ("64KiB", 64 * 1024), ("256KiB", 256 * 1024)];
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::AuthConfig;
 use crate::domain::{KeyStatus, Role};
+use crate::http::ServeConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +55,20 @@ pub enum Command {
     Dynamodb {
         #[command(subcommand)]
         command: DynamoCommand,
+    },
+    /// Exit 0 when a running server's GET /status answers 200, else 1 (a
+    /// container health check that needs no shell or curl).
+    Healthcheck {
+        /// The status URL (plain http).
+        #[arg(
+            long,
+            env = "TRIGGERS_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/status"
+        )]
+        url: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
 }
 
@@ -226,19 +242,57 @@ pub struct ServeArgs {
     /// DynamoDB: create the tables at start if they are missing.
     #[arg(long, env = "TRIGGERS_CREATE_TABLES")]
     pub create_tables: bool,
+    /// An inbox page ends early before the event that would take it past
+    /// this many bytes of payload, metadata, type and source (every page
+    /// holds at least one event).
+    #[arg(long, env = "TRIGGERS_MAX_PAGE_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_page_bytes: u64,
+    /// A request head must arrive within this many seconds of its first byte.
+    #[arg(long, env = "TRIGGERS_HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request for this many seconds closes.
+    #[arg(long, env = "TRIGGERS_IDLE_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+    /// Most open client connections (lowered to stay under the process's
+    /// open-file limit).
+    #[arg(long, env = "TRIGGERS_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// On shutdown, requests under way get this many seconds to finish.
+    #[arg(long, env = "TRIGGERS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// bcrypt verifications per key id and client network (IPv4 address or
+    /// IPv6 /64) per minute.
+    #[arg(long, env = "TRIGGERS_AUTH_BCRYPT_PER_SOURCE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_bcrypt_per_source: u32,
+    /// bcrypt verifications per key id per minute, whatever the addresses.
+    #[arg(long, env = "TRIGGERS_AUTH_BCRYPT_PER_KEY", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_bcrypt_per_key: u32,
+    /// bcrypt verifications at once [default: the number of CPUs, at least 2].
+    #[arg(long, env = "TRIGGERS_AUTH_BCRYPT_CONCURRENCY",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub auth_bcrypt_concurrency: Option<u64>,
 }
 
-/// The subset of configuration the running service needs; tests build it
-/// directly.
+/// What the running service needs, read once from the command line and
+/// environment and passed down; tests build it directly.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_body_bytes: usize,
     pub max_payload_bytes: usize,
     pub dedup_window: Duration,
     pub delivered_retention: Duration,
-    pub auth_cache_ttl: Duration,
     pub store_timeout: Duration,
     pub request_timeout: Duration,
+    pub max_page_bytes: usize,
+    pub purge_interval: Duration,
+    pub auth: AuthConfig,
+    pub http: ServeConfig,
 }
 
 impl Default for Settings {
@@ -248,23 +302,45 @@ impl Default for Settings {
             max_payload_bytes: 256 * 1024,
             dedup_window: Duration::from_secs(300),
             delivered_retention: Duration::from_secs(30 * 24 * 3600),
-            auth_cache_ttl: Duration::from_secs(30),
             store_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            max_page_bytes: 1024 * 1024,
+            purge_interval: Duration::from_secs(60),
+            auth: AuthConfig::default(),
+            http: ServeConfig::default(),
         }
     }
 }
 
 impl Settings {
     pub fn new(store: &StoreArgs, a: &ServeArgs) -> Self {
+        let d = Self::default();
+        let concurrency = a
+            .auth_bcrypt_concurrency
+            .map_or(d.auth.concurrency, |n| usize::try_from(n).unwrap_or(1));
         Self {
             max_body_bytes: a.max_body_bytes,
             max_payload_bytes: a.max_payload_bytes,
             dedup_window: Duration::from_secs(a.dedup_window_secs),
             delivered_retention: Duration::from_secs(a.delivered_retention_secs),
-            auth_cache_ttl: Duration::from_secs(a.auth_cache_secs),
             store_timeout: store.store_timeout(),
             request_timeout: Duration::from_secs(a.request_timeout_secs),
+            max_page_bytes: usize::try_from(a.max_page_bytes).unwrap_or(usize::MAX),
+            purge_interval: Duration::from_secs(a.purge_interval_secs.max(1)),
+            auth: AuthConfig {
+                cache_ttl: Duration::from_secs(a.auth_cache_secs),
+                per_source_per_minute: a.auth_bcrypt_per_source,
+                per_key_per_minute: a.auth_bcrypt_per_key,
+                concurrency,
+                per_key_concurrency: (concurrency / 2).max(1),
+                ..d.auth
+            },
+            http: ServeConfig {
+                header_read_timeout: Duration::from_secs(a.header_read_timeout_secs),
+                idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+                max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+                shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+            },
         }
     }
 }
@@ -315,9 +391,23 @@ mod tests {
                 "127.0.0.1:1",
             ],
             &["t", "--store", "sqlite://x.db"],
+            &["t", "healthcheck", "--store", "sqlite://x.db"],
         ] {
             let cli = Cli::try_parse_from(args).unwrap();
             assert_eq!(cli.store.store, StoreUrl::Sqlite("x.db".into()), "{args:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_defaults_are_the_settings_defaults() {
+        let store = Cli::try_parse_from(["t"]).unwrap().store;
+        let from_flags = Settings::new(&store, &ServeArgs::from_env().unwrap());
+        let d = Settings::default();
+        assert_eq!(format!("{from_flags:?}"), format!("{d:?}"));
     }
 }

@@ -1,22 +1,129 @@
 //! Prometheus metrics, in a registry owned by the app state (no globals).
+//!
+//! Every label comes from a fixed set, so no request can create a series:
+//! `method` is one of the standard methods or `other`, `route` a route
+//! template or `unmatched`, `status` a status code the service sends, and
+//! `reason` one of [`CloseReason`].
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::auth::AuthMetrics;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
+}
+
+/// The `method` label: a standard method's name, or `other`.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Why a connection closed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed it (or it ended normally).
+    Client,
+    HeaderTimeout,
+    IdleTimeout,
+    /// Closed to make room for a new connection at the cap.
+    Evicted,
+    /// Refused at the cap: every open connection was busy.
+    Refused,
+    /// A request hyper could not parse (answered 400 by hyper).
+    Malformed,
+    /// A request head over hyper's limits (answered 414/431 by hyper).
+    HeadTooLarge,
+    IoError,
+    /// Closed by the server's shutdown with no request under way.
+    Shutdown,
+    /// Still open when the shutdown grace period ended.
+    ShutdownForced,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Refused => "refused",
+            CloseReason::Malformed => "malformed",
+            CloseReason::HeadTooLarge => "head_too_large",
+            CloseReason::IoError => "io_error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::ShutdownForced => "shutdown_forced",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Connection counters of the server loop.
+#[derive(Clone, Debug, Default)]
+pub struct ConnMetrics {
+    open: Gauge,
+    closed: Family<ReasonLabels, Counter>,
+}
+
+impl ConnMetrics {
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        if reason != CloseReason::Refused {
+            self.open.dec();
+        }
+        self.closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Connections closed for `reason` so far.
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> i64 {
+        self.open.get()
+    }
 }
 
 pub struct Metrics {
@@ -26,6 +133,8 @@ pub struct Metrics {
     pub events_ingested: Counter,
     pub duplicates: Counter,
     pub acks: Counter,
+    pub auth: AuthMetrics,
+    pub connections: ConnMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -50,14 +159,16 @@ impl Metrics {
         let events_ingested = Counter::default();
         let duplicates = Counter::default();
         let acks = Counter::default();
+        let auth = AuthMetrics::default();
+        let connections = ConnMetrics::default();
         registry.register(
             "http_requests",
-            "HTTP requests by route and status",
+            "HTTP requests by method, route and status",
             requests.clone(),
         );
         registry.register(
             "http_request_duration_seconds",
-            "HTTP request latency by route",
+            "HTTP request latency by method and route",
             latency.clone(),
         );
         registry.register(
@@ -75,6 +186,36 @@ impl Metrics {
             "Events acknowledged (first ack only)",
             acks.clone(),
         );
+        registry.register(
+            "auth_bcrypt_runs",
+            "bcrypt verifications started",
+            auth.bcrypt_runs.clone(),
+        );
+        registry.register(
+            "auth_bcrypt_in_flight",
+            "bcrypt verifications under way",
+            auth.bcrypt_in_flight.clone(),
+        );
+        registry.register(
+            "auth_over_budget",
+            "Key checks refused without bcrypt: over the key id's bcrypt budget",
+            auth.over_budget.clone(),
+        );
+        registry.register(
+            "auth_busy",
+            "Key checks answered 503: no verifier free in time",
+            auth.busy.clone(),
+        );
+        registry.register(
+            "http_connections_open",
+            "Open client connections",
+            connections.open.clone(),
+        );
+        registry.register(
+            "http_connections_closed",
+            "Client connections closed, by reason",
+            connections.closed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -82,20 +223,29 @@ impl Metrics {
             events_ingested,
             duplicates,
             acks,
+            auth,
+            connections,
         }
     }
 
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub fn observe_request(
+        &self,
+        method: &axum::http::Method,
+        route: &str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let method = method_label(method);
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
+                method,
                 route: route.to_owned(),
                 status,
             })
             .inc();
         self.latency
             .get_or_create(&RouteLabels {
-                method: method.to_owned(),
+                method,
                 route: route.to_owned(),
             })
             .observe(seconds);
@@ -107,5 +257,27 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_method_outside_the_standard_set_is_labelled_other() {
+        let m = Metrics::new();
+        for i in 0..500 {
+            let method = axum::http::Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+            m.observe_request(&method, "unmatched", 405, 0.001);
+        }
+        m.observe_request(&axum::http::Method::GET, "/status", 200, 0.001);
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("triggers_http_requests_total{"))
+            .count();
+        assert_eq!(series, 2, "{text}");
+        assert!(text.contains("method=\"other\""));
     }
 }

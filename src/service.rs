@@ -31,19 +31,6 @@ pub struct Ingested {
 }
 
 impl AppState {
-    /// Runs a store call within the configured budget; past it the store
-    /// counts as unavailable (for a write, its outcome is then unknown, and a
-    /// client retry is deduplicated).
-    async fn timed<T>(
-        &self,
-        fut: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.settings.store_timeout, fut).await {
-            Ok(r) => r,
-            Err(elapsed) => Err(StoreError::unavailable(elapsed)),
-        }
-    }
-
     fn delivered_cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now - chrono::Duration::from_std(self.settings.delivered_retention)
             .unwrap_or(chrono::Duration::MAX)
@@ -68,7 +55,7 @@ impl AppState {
             fingerprint: req.fingerprint,
             window: self.settings.dedup_window,
         };
-        match self.timed(self.store.insert_event(event, dedup)).await? {
+        match self.store.insert_event(event, dedup).await? {
             Inserted::Created => {
                 self.metrics.events_ingested.inc();
                 Ok(Ingested {
@@ -96,7 +83,7 @@ impl AppState {
         account: &AccountId,
         query: &InboxQuery,
     ) -> Result<InboxPage, StoreError> {
-        self.timed(self.store.inbox(account, query)).await
+        self.store.inbox(account, query).await
     }
 
     pub async fn get_event(
@@ -105,16 +92,14 @@ impl AppState {
         id: &EventId,
     ) -> Result<Option<Event>, StoreError> {
         let cutoff = self.delivered_cutoff(self.clock.now());
-        self.timed(self.store.get_event(account, id, cutoff)).await
+        self.store.get_event(account, id, cutoff).await
     }
 
     pub async fn ack(&self, account: &AccountId, id: &EventId) -> Result<AckOutcome, StoreError> {
         let now = trunc_ms(self.clock.now());
         let outcome = self
-            .timed(
-                self.store
-                    .ack_event(account, id, now, self.delivered_cutoff(now)),
-            )
+            .store
+            .ack_event(account, id, now, self.delivered_cutoff(now))
             .await?;
         if outcome == AckOutcome::Acknowledged {
             self.metrics.acks.inc();
@@ -134,9 +119,10 @@ impl AppState {
             .await
     }
 
-    /// Runs `purge_once` every `every` until `shutdown` resolves.
-    pub async fn purge_loop(self, every: std::time::Duration, shutdown: impl Future<Output = ()>) {
-        let mut tick = tokio::time::interval(every);
+    /// Runs `purge_once` every `settings.purge_interval` until `shutdown`
+    /// resolves.
+    pub async fn purge_loop(self, shutdown: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.settings.purge_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {

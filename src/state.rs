@@ -6,13 +6,15 @@ use std::time::Instant;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::cursor::CursorCodec;
+use crate::http::cursor::CursorCodec;
+use crate::http::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::store::timed::{Timed, WriteHealth};
 use crate::store::{Store, StoreError};
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The store, through the [`Timed`] decorator (one budget per call).
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub auth: Arc<Authenticator>,
@@ -20,29 +22,39 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub cursors: Arc<CursorCodec>,
     pub settings: Arc<Settings>,
+    /// How recent writes went (for `/status`).
+    pub write_health: Arc<WriteHealth>,
     pub started: Instant,
 }
 
 impl AppState {
-    /// Builds the state; reads the cursor-signing secret from the store (so
-    /// every instance on one store accepts the others' cursors).
+    /// Builds the state over `store`, which it wraps in the [`Timed`]
+    /// decorator; reads the cursor-signing secret from the store (so every
+    /// instance on one store accepts the others' cursors).
     pub async fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Result<Self, StoreError> {
+        let timed = Timed::new(store, settings.store_timeout, clock.clone());
+        let write_health = timed.health();
+        let store: Arc<dyn Store> = Arc::new(timed);
         let secret = store.secret("cursor-hmac").await?;
+        let metrics = Arc::new(Metrics::new());
         Ok(Self {
-            auth: Arc::new(
-                Authenticator::new(store.clone(), settings.auth_cache_ttl)
-                    .with_store_timeout(settings.store_timeout),
-            ),
+            auth: Arc::new(Authenticator::new(
+                store.clone(),
+                clock.clone(),
+                settings.auth.clone(),
+                metrics.auth.clone(),
+            )),
             store,
             clock,
             limiter: Arc::new(RateLimiter::new()),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             cursors: Arc::new(CursorCodec::new(secret)),
             settings: Arc::new(settings),
+            write_health,
             started: Instant::now(),
         })
     }

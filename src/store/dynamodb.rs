@@ -144,11 +144,31 @@ where
         }
         _ => false,
     };
+    // What DynamoDB said (its error code and message) goes into the cause
+    // that is logged; the SDK's own Display says only "service error".
+    let cause: crate::store::BoxError = match e.code() {
+        Some(code) => Box::new(ServiceFailure {
+            code: code.to_owned(),
+            message: e.message().unwrap_or("").to_owned(),
+            source: Box::new(e),
+        }),
+        None => Box::new(e),
+    };
     if unavailable {
-        StoreError::Unavailable(Box::new(e))
+        StoreError::Unavailable(cause)
     } else {
-        StoreError::Internal(Box::new(e))
+        StoreError::Internal(cause)
     }
+}
+
+/// A DynamoDB error answer, with its code and message.
+#[derive(Debug, thiserror::Error)]
+#[error("DynamoDB answered {code}: {message}")]
+struct ServiceFailure {
+    code: String,
+    message: String,
+    #[source]
+    source: crate::store::BoxError,
 }
 
 /// Why a transaction was cancelled, item by item.
@@ -496,7 +516,9 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// A strongly consistent Query, paged until `want` items or the end.
+    /// A strongly consistent Query, paged until `want` items or the end,
+    /// or until the items hold more than `max_bytes` (and at least two), so
+    /// a page of large events is never read whole into memory.
     async fn query(
         &self,
         index: Option<&str>,
@@ -504,8 +526,10 @@ impl DynamoStore {
         attr_names: HashMap<String, String>,
         attr_values: HashMap<String, AttributeValue>,
         want: Option<usize>,
+        max_bytes: Option<usize>,
     ) -> Result<Vec<Item>, StoreError> {
         let mut items: Vec<Item> = Vec::new();
+        let mut bytes = 0usize;
         let mut start: Option<Item> = None;
         loop {
             let mut q = self
@@ -528,9 +552,16 @@ impl DynamoStore {
                 q = q.limit(i32::try_from(left).unwrap_or(i32::MAX));
             }
             let out = q.send().await.map_err(sdk_err)?;
-            items.extend(out.items.unwrap_or_default());
+            let page = out.items.unwrap_or_default();
+            bytes = page
+                .iter()
+                .fold(bytes, |b, it| b.saturating_add(item::approx_bytes(it)));
+            items.extend(page);
+            let full = max_bytes.is_some_and(|m| bytes > m && items.len() >= 2);
             match out.last_evaluated_key {
-                Some(k) if !k.is_empty() && want.is_none_or(|w| items.len() < w) => start = Some(k),
+                Some(k) if !k.is_empty() && want.is_none_or(|w| items.len() < w) && !full => {
+                    start = Some(k)
+                }
                 _ => return Ok(items),
             }
         }
@@ -552,6 +583,7 @@ impl DynamoStore {
                     (":pk", item::s(item::event_pk(account, id))),
                     (":prefix", item::s(item::PART_SK_PREFIX)),
                 ]),
+                None,
                 None,
             )
             .await?;
@@ -719,8 +751,15 @@ impl DynamoStore {
                 } else {
                     names(&[PK])
                 };
-                self.query(None, cond, attr_names, values(vals), Some(limit + 1))
-                    .await?
+                self.query(
+                    None,
+                    cond,
+                    attr_names,
+                    values(vals),
+                    Some(limit + 1),
+                    Some(query.max_bytes),
+                )
+                .await?
             }
             Some(t) => match item::type_range(t, after) {
                 None => Vec::new(),
@@ -735,15 +774,23 @@ impl DynamoStore {
                             (":hi", item::s(hi)),
                         ]),
                         Some(limit + 1),
+                        Some(query.max_bytes),
                     )
                     .await?
                 }
             },
         };
-        let has_more = items.len() > limit;
-        let mut events = Vec::with_capacity(limit.min(items.len()));
+        let mut has_more = items.len() > limit;
+        let mut events: Vec<Event> = Vec::with_capacity(limit.min(items.len()));
+        let mut bytes = 0usize;
         for it in items.iter().take(limit) {
             let event = self.to_event(it).await?;
+            bytes = bytes.saturating_add(event.approx_bytes());
+            if bytes > query.max_bytes && !events.is_empty() {
+                // Cut short: this one and the rest are for the next page.
+                has_more = true;
+                break;
+            }
             // A 128-bit type-hash collision would show here; never expected.
             if query
                 .event_type
@@ -1145,9 +1192,12 @@ mod tests {
         ] {
             let e = sdk_err(service_error(code, status));
             assert!(matches!(e, StoreError::Unavailable(_)), "{code}: {e:?}");
-            // The SDK error is the source, boxed, not a string.
+            // What DynamoDB said is the source; the SDK error, boxed, not a
+            // string, is its source.
             let source = std::error::Error::source(&e).expect("a source");
-            assert!(source.downcast_ref::<SdkError<GetItemError>>().is_some());
+            assert!(source.to_string().contains(code), "{source}");
+            let sdk = source.source().expect("the SDK error");
+            assert!(sdk.downcast_ref::<SdkError<GetItemError>>().is_some());
         }
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let e: SdkError<GetItemError> =
@@ -1155,6 +1205,37 @@ mod tests {
         assert!(matches!(sdk_err(e), StoreError::Unavailable(_)));
         let e: SdkError<GetItemError> = SdkError::timeout_error(Box::new(Message("slow")));
         assert!(matches!(sdk_err(e), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn the_logged_cause_names_dynamodbs_error_code_and_message() {
+        let raw = axum::http::Response::builder()
+            .status(400)
+            .body(SdkBody::empty())
+            .expect("a response");
+        let raw = HttpResponse::try_from(raw).expect("a response");
+        let e = sdk_err(SdkError::service_error(
+            GetItemError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("User is not authorized to perform dynamodb:GetItem")
+                    .build(),
+            ),
+            raw,
+        ));
+        assert!(matches!(e, StoreError::Internal(_)));
+        let mut chain = Vec::new();
+        let mut cur: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(c) = cur {
+            chain.push(c.to_string());
+            cur = c.source();
+        }
+        let text = chain.join(": ");
+        assert!(text.contains("AccessDeniedException"), "{text}");
+        assert!(
+            text.contains("not authorized to perform dynamodb:GetItem"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::domain::{
 
 pub mod dynamodb;
 pub mod sqlite;
+pub mod timed;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -61,15 +62,7 @@ pub struct NewEvent {
     pub timestamp: DateTime<Utc>,
 }
 
-/// SHA-256 of the canonical (event_type, payload, source).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl Fingerprint {
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
+pub use crate::domain::fingerprint::Fingerprint;
 
 /// How to deduplicate an insert: an earlier event of the same account with
 /// the same fingerprint whose `timestamp + window > new.timestamp` makes the
@@ -97,13 +90,18 @@ pub struct InboxQuery {
     pub event_type: Option<EventType>,
     /// 1..=200
     pub limit: u32,
+    /// The page ends early, with `has_more`, before the event that would
+    /// take its events past this many bytes ([`Event::approx_bytes`]); the
+    /// first event is always included, whatever its size.
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct InboxPage {
     /// Undelivered events, oldest first.
     pub events: Vec<Event>,
-    /// Whether more undelivered events (matching the filter) follow.
+    /// Whether more undelivered events (matching the filter) follow. A page
+    /// cut short by `max_bytes` always has more.
     pub has_more: bool,
     /// Position of the last event in `events`; `None` when empty.
     pub last: Option<Position>,

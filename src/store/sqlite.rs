@@ -645,6 +645,7 @@ impl Store for SqliteStore {
             .transpose()?
             .unwrap_or(0);
         let (account, event_type, limit) = (account.clone(), q.event_type.clone(), q.limit);
+        let max_bytes = q.max_bytes;
         self.read(move |c| {
             let sql = if event_type.is_some() {
                 format!(
@@ -669,12 +670,18 @@ impl Store for SqliteStore {
             let mut events = Vec::with_capacity(limit as usize + 1);
             let mut last_seq = None;
             let mut has_more = false;
+            let mut bytes = 0usize;
             while let Some(row) = rows.next().map_err(map_err)? {
                 if events.len() == limit as usize {
                     has_more = true;
                     break;
                 }
                 let (seq, ev) = row_to_event(row)?;
+                bytes = bytes.saturating_add(ev.approx_bytes());
+                if bytes > max_bytes && !events.is_empty() {
+                    has_more = true;
+                    break;
+                }
                 last_seq = Some(seq);
                 events.push(ev);
             }

@@ -150,6 +150,7 @@ async fn walk(
                     after: after.clone(),
                     event_type: t.map(etype),
                     limit,
+                    max_bytes: usize::MAX,
                 },
             )
             .await
@@ -224,6 +225,7 @@ async fn every_event_field_round_trips_exactly() {
                 after: None,
                 event_type: None,
                 limit: 200,
+                max_bytes: usize::MAX,
             },
         )
         .await
@@ -242,6 +244,7 @@ async fn every_event_field_round_trips_exactly() {
                 after: None,
                 event_type: Some(etype(&"é".repeat(255))),
                 limit: 200,
+                max_bytes: usize::MAX,
             },
         )
         .await
@@ -901,6 +904,7 @@ async fn exercise_unavailable(store: &DynamoStore, budget: Duration) {
         after: None,
         event_type: None,
         limit: 10,
+        max_bytes: usize::MAX,
     };
     tokio::join!(
         assert_unavailable_within("ping", budget, store.ping()),
@@ -1020,6 +1024,7 @@ async fn request_counts_per_operation() {
         after: None,
         event_type: None,
         limit: 50,
+        max_bytes: usize::MAX,
     };
     let (r, c) = count(&store, store.inbox(&acct, &q)).await;
     assert_eq!(r.expect("inbox").events.len(), 1);
@@ -1029,6 +1034,7 @@ async fn request_counts_per_operation() {
         after: None,
         event_type: Some(etype("t")),
         limit: 50,
+        max_bytes: usize::MAX,
     };
     let (r, c) = count(&store, store.inbox(&acct, &q)).await;
     assert_eq!(r.expect("inbox").events.len(), 1);

@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use triggers_api::clock::ManualClock;
 use triggers_api::config::Settings;
+use triggers_api::domain::fingerprint::{canonical_form, fingerprint};
 use triggers_api::domain::{AccountId, EventId, EventType};
-use triggers_api::fingerprint::{canonical_form, fingerprint};
 use triggers_api::service::CreateEvent;
 use triggers_api::store::{Fingerprint, InboxQuery, Position};
 use triggers_api::AppState;
@@ -106,7 +106,7 @@ proptest! {
             let mut done = false;
             let event_type = filter.map(|f| EventType::parse(TYPES[f]).unwrap());
             let page = |limit: u32, after: Option<Position>| {
-                let q = InboxQuery { after, event_type: event_type.clone(), limit };
+                let q = InboxQuery { after, event_type: event_type.clone(), limit, max_bytes: usize::MAX };
                 let svc = svc.clone();
                 let account = account.clone();
                 async move { svc.inbox(&account, &q).await.unwrap() }

@@ -8,12 +8,13 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use triggers_api::auth::admin as keys;
 use triggers_api::clock::ManualClock;
 use triggers_api::config::Settings;
 use triggers_api::domain::Role;
 use triggers_api::store::sqlite::SqliteStore;
 use triggers_api::store::Store;
-use triggers_api::{app, keys, serve, AppState};
+use triggers_api::{AppState, Application};
 
 /// bcrypt cost for test keys: the minimum, so tests stay fast.
 pub const TEST_BCRYPT_COST: u32 = 4;
@@ -194,20 +195,25 @@ impl TestApp {
         Self::start_on(store, settings).await
     }
 
+    /// A server on `store` through the service's own start-up path
+    /// (`Application`: the store behind its time budget, the purge loop,
+    /// the connection limits of `settings`).
     pub async fn start_on(store: TestStore, settings: Settings) -> Self {
         let clock = Arc::new(ManualClock::new(Utc::now()));
-        let state = AppState::new(store.store.clone(), clock.clone(), settings)
-            .await
-            .expect("state");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let application =
+            Application::build(store.store.clone(), clock.clone(), settings, listener)
+                .await
+                .expect("start the service");
+        let addr = application.local_addr().expect("addr");
+        let state = application.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = app(state.clone());
         tokio::spawn(async move {
-            let _ = serve(listener, router, async {
-                let _ = stopped.await;
-            })
-            .await;
+            let _ = application
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await;
         });
         Self {
             base: format!("http://{addr}"),

@@ -262,6 +262,21 @@ fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt { what }
 }
 
+/// About how many bytes an item holds (its string and binary values), to
+/// bound how much one inbox page reads.
+pub(crate) fn approx_bytes(it: &Item) -> usize {
+    it.iter()
+        .map(|(k, v)| {
+            k.len()
+                + match v {
+                    AttributeValue::S(s) => s.len(),
+                    AttributeValue::B(b) => b.as_ref().len(),
+                    _ => 8,
+                }
+        })
+        .sum()
+}
+
 pub(crate) fn get_s<'a>(
     item: &'a Item,
     name: &str,

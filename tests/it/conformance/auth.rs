@@ -1,11 +1,9 @@
-use std::time::Duration;
-
 use serde_json::json;
+use triggers_api::auth::admin as keys;
 use triggers_api::domain::{KeyStatus, Role};
-use triggers_api::keys;
 use triggers_api::store::KeyChange;
 
-use crate::support::{problem, test_settings, Backend, TestApp};
+use crate::support::{problem, Backend, TestApp};
 
 fn key_id(token: &str) -> &str {
     &token[4..20]
@@ -112,11 +110,9 @@ pub async fn inactive_and_revoked_keys_are_403(b: Backend) {
 }
 
 pub async fn a_revoked_key_stops_working_once_the_auth_cache_expires(b: Backend) {
-    let settings = triggers_api::config::Settings {
-        auth_cache_ttl: Duration::from_millis(500),
-        ..test_settings()
-    };
-    let app = TestApp::start_with(b, settings).await;
+    // The cache lives on the injected clock: exact to the millisecond.
+    let app = TestApp::start(b).await;
+    let ttl = app.state.settings.auth.cache_ttl;
     let key = app.key("acme", Role::Creator).await;
     assert_eq!(app.get("/inbox", &key).send().await.unwrap().status(), 200);
     keys::update(
@@ -126,7 +122,14 @@ pub async fn a_revoked_key_stops_working_once_the_auth_cache_expires(b: Backend)
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.clock
+        .advance(chrono::Duration::from_std(ttl).unwrap() - chrono::Duration::milliseconds(1));
+    assert_eq!(
+        app.get("/inbox", &key).send().await.unwrap().status(),
+        200,
+        "still served from the cache just before it expires"
+    );
+    app.clock.advance(chrono::Duration::milliseconds(1));
     problem(
         app.get("/inbox", &key).send().await.unwrap(),
         403,

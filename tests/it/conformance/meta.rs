@@ -26,7 +26,10 @@ pub async fn status_reports_ok_with_version_uptime_and_store(b: Backend) {
         Backend::Sqlite => "sqlite",
         Backend::Dynamodb => "dynamodb",
     };
-    assert_eq!(v["store"], json!({"backend": backend, "reachable": true}));
+    assert_eq!(
+        v["store"],
+        json!({"backend": backend, "reachable": true, "writable": true})
+    );
 }
 
 pub async fn the_openapi_document_is_3_1_and_covers_every_endpoint(b: Backend) {

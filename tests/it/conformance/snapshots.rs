@@ -2,8 +2,8 @@
 //! (correlation ids redacted). Both backends must produce the same bodies.
 
 use serde_json::{json, Value};
+use triggers_api::auth::admin as keys;
 use triggers_api::domain::{KeyStatus, Role};
-use triggers_api::keys;
 use triggers_api::store::KeyChange;
 
 use crate::support::{assert_problem_snapshot, Backend, TestApp};

@@ -20,7 +20,15 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::store::Fingerprint;
+/// SHA-256 of the canonical (event_type, payload, source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
 
 /// The payload text is not valid JSON (e.g. a string escape that is a lone
 /// UTF-16 surrogate).

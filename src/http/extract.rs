@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::error::{ApiError, FieldError};
+use crate::domain::fingerprint::fingerprint;
 use crate::domain::{EventId, EventType, JsonObject, Source};
-use crate::error::{ApiError, FieldError};
-use crate::fingerprint::fingerprint;
 use crate::service::CreateEvent;
 use crate::state::AppState;
 use crate::store::Position;
@@ -144,6 +144,50 @@ fn raw_string(raw: &RawValue) -> Option<String> {
     }
 }
 
+/// The top-level members of a body object, raw, and the names given more
+/// than once (each listed once).
+struct TopLevel {
+    fields: BTreeMap<String, Box<RawValue>>,
+    repeated: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = TopLevel;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevel, A::Error> {
+                let mut out = TopLevel {
+                    fields: BTreeMap::new(),
+                    repeated: Vec::new(),
+                };
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    match out.fields.entry(k) {
+                        std::collections::btree_map::Entry::Occupied(e) => {
+                            if !out.repeated.contains(e.key()) {
+                                out.repeated.push(e.key().clone());
+                            }
+                        }
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(v);
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
 impl CreateEvent {
     pub const FIELDS: [&'static str; 4] = ["event_type", "payload", "source", "metadata"];
 
@@ -158,11 +202,16 @@ impl CreateEvent {
         let mut de = serde_json::Deserializer::from_slice(body);
         // The depth was bounded by the extractor.
         de.disable_recursion_limit();
-        let fields: BTreeMap<String, Box<RawValue>> = BTreeMap::deserialize(&mut de)
+        let TopLevel { fields, repeated } = TopLevel::deserialize(&mut de)
             .and_then(|v| de.end().map(|()| v))
             .map_err(|e| ApiError::validation("body", format!("malformed JSON: {e}")))?;
 
-        let mut errors = Vec::new();
+        // A repeated field is refused: a gateway that reads the first copy
+        // would see another event than the one stored.
+        let mut errors: Vec<FieldError> = repeated
+            .into_iter()
+            .map(|k| FieldError::new(k, "given more than once"))
+            .collect();
         for k in fields.keys() {
             if !Self::FIELDS.contains(&k.as_str()) {
                 errors.push(FieldError::new(k.clone(), "unknown field"));
@@ -366,6 +415,23 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_top_level_field_is_refused_and_named_once() {
+        let body = br#"{"event_type":"a","payload":{},"event_type":"b","event_type":"c"}"#;
+        match CreateEvent::parse_json(body, 1024) {
+            Err(ApiError::Validation(errs)) => {
+                assert_eq!(
+                    errs,
+                    vec![FieldError::new("event_type", "given more than once")]
+                );
+            }
+            other => panic!("expected a validation error, got {:?}", other.map(|_| ())),
+        }
+        // Inside the payload, keys are the client's business (kept as sent).
+        let ok = br#"{"event_type":"a","payload":{"k":1,"k":2}}"#;
+        assert!(CreateEvent::parse_json(ok, 1024).is_ok());
+    }
+
+    #[test]
     fn inbox_limit_must_be_in_range() {
         assert_eq!(InboxParams::parse(None).unwrap().limit, 50);
         assert_eq!(InboxParams::parse(Some("limit=200")).unwrap().limit, 200);
@@ -407,7 +473,7 @@ mod tests {
             prop_assert_eq!(parsed.payload.as_str(), payload.as_str());
             // Whitespace and key order are not part of the fingerprint.
             let canonical = format!("{{\"s\":\"{s}\",\"n\":{n}}}");
-            prop_assert_eq!(parsed.fingerprint, crate::fingerprint::fingerprint("t", &canonical, None).unwrap());
+            prop_assert_eq!(parsed.fingerprint, crate::domain::fingerprint::fingerprint("t", &canonical, None).unwrap());
         }
     }
 }

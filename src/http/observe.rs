@@ -10,11 +10,16 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::error::{ProblemSpec, PROBLEM_JSON};
+use super::error::{ApiError, LoggedCause, ProblemSpec, PROBLEM_JSON};
+use crate::metrics::method_label;
 use crate::state::AppState;
 
 pub const REQUEST_ID: &str = "x-request-id";
 const MAX_REQUEST_ID: usize = 128;
+/// The most header fields a request may have (431 past it).
+pub const MAX_HEADERS: usize = 100;
+/// The longest request target, path and query, in bytes (414 past it).
+pub const MAX_URI_BYTES: usize = 8192;
 
 /// The request's correlation id, in request extensions.
 #[derive(Debug, Clone)]
@@ -42,17 +47,36 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .and_then(sane_request_id)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let method = req.method().as_str().to_owned();
+    let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |m| m.as_str())
         .to_owned();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = method_label(&method),
+        route = %route
+    );
     let start = Instant::now();
 
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let too_large = if req.headers().len() > MAX_HEADERS {
+        Some(ApiError::HeadersTooLarge)
+    } else if req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().len() > MAX_URI_BYTES)
+    {
+        Some(ApiError::UriTooLong)
+    } else {
+        None
+    };
+    let mut resp = match too_large {
+        Some(e) => axum::response::IntoResponse::into_response(e),
+        None => next.run(req).instrument(span.clone()).await,
+    };
 
     if let Some(spec) = resp.extensions_mut().remove::<ProblemSpec>() {
         resp = spec.render_into(resp, &id);
@@ -70,12 +94,17 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     state
         .metrics
         .observe_request(&method, &route, status, elapsed.as_secs_f64());
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request completed"
-        )
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    let cause = resp.extensions_mut().remove::<LoggedCause>();
+    span.in_scope(|| match cause {
+        // The whole cause chain, in the request's own line (with its id).
+        Some(LoggedCause(error)) if status >= 500 && status != 503 => {
+            tracing::error!(status, latency_ms, error, "request failed")
+        }
+        Some(LoggedCause(error)) => {
+            tracing::warn!(status, latency_ms, error, "request failed")
+        }
+        None => tracing::info!(status, latency_ms, "request completed"),
     });
     resp
 }

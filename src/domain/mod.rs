@@ -1,6 +1,8 @@
 //! Domain types. Request DTOs are parsed into these at the edge; everything
 //! past the handlers works with values that are valid by construction.
 
+pub mod fingerprint;
+
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -211,6 +213,20 @@ pub struct Event {
     #[serde(with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl Event {
+    /// About how many bytes this event takes in a response: its payload,
+    /// metadata, type and source text plus the fixed fields. What inbox
+    /// pages are bounded by.
+    pub fn approx_bytes(&self) -> usize {
+        const FIXED: usize = 200;
+        FIXED
+            + self.payload.len()
+            + self.metadata.len()
+            + self.event_type.as_str().len()
+            + self.source.as_ref().map_or(0, |s| s.as_str().len())
+    }
 }
 
 /// RFC 3339 UTC with millisecond precision and a `Z`, the one format the API

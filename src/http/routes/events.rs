@@ -3,24 +3,24 @@
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use axum::middleware::from_fn_with_state;
-
-use crate::auth::{require_key, Caller};
-use crate::domain::{format_ts, Event, Role};
-use crate::error::{ApiError, Problem};
-use crate::extract::{decode_cursor, EventIdParam, InboxParams, JsonBody};
+use crate::domain::{format_ts, Event};
+use crate::http::auth::{require_key, Creator, Viewer};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{decode_cursor, EventIdParam, InboxParams, JsonBody};
 use crate::service::CreateEvent;
 use crate::state::AppState;
 use crate::store::{AckOutcome, InboxQuery};
 
-/// Every handler here sits behind `auth::require_key`, applied per method
-/// so that a wrong method is a 405 whether or not a key was sent.
+/// Every handler here sits behind `require_key`, applied per method so that
+/// a wrong method is a 405 whether or not a key was sent; each names its
+/// role first, so the role is checked before the body or path is read.
 pub fn router(state: AppState) -> Router<AppState> {
     let auth = || from_fn_with_state(state.clone(), require_key);
     Router::new()
@@ -99,10 +99,9 @@ pub struct InboxResponse {
     ))]
 pub async fn create_event(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Creator(caller): Creator,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Creator)?;
     let req = CreateEvent::parse_json(&body, state.settings.max_payload_bytes)?;
     let out = state.ingest(&caller.account, req).await?;
     let status = if out.duplicate {
@@ -111,7 +110,7 @@ pub async fn create_event(
         StatusCode::CREATED
     };
     let location = HeaderValue::try_from(format!("/events/{}", out.event_id))
-        .map_err(|_| ApiError::Internal)?;
+        .map_err(|_| ApiError::internal())?;
     let body = EventAccepted {
         event_id: out.event_id.to_string(),
         status: "accepted",
@@ -124,7 +123,7 @@ pub async fn create_event(
 /// The caller's undelivered events, oldest first.
 #[utoipa::path(get, path = "/inbox", tag = "inbox",
     params(
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Most events per page (default 50). A page also ends early, with has_more true, before the event that would take its events past max_page_bytes (default 1 MiB of payload, metadata, type and source text); every page holds at least one event."),
         ("cursor" = Option<String>, Query, description = "next_cursor from the previous page"),
         ("event_type" = Option<String>, Query, description = "Only events of this type"),
     ),
@@ -138,14 +137,14 @@ pub async fn create_event(
     ))]
 pub async fn list_inbox(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Viewer(caller): Viewer,
     params: InboxParams,
 ) -> Result<Json<InboxResponse>, ApiError> {
-    caller.require(Role::Viewer)?;
     let query = InboxQuery {
         after: decode_cursor(&state, &caller.account, params.cursor.as_deref())?,
         event_type: params.event_type,
         limit: params.limit,
+        max_bytes: state.settings.max_page_bytes,
     };
     let page = state.inbox(&caller.account, &query).await?;
     let next_cursor = match (&page.last, page.has_more) {
@@ -173,10 +172,9 @@ pub async fn list_inbox(
     ))]
 pub async fn get_event(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Viewer(caller): Viewer,
     EventIdParam(id): EventIdParam,
 ) -> Result<Json<Event>, ApiError> {
-    caller.require(Role::Viewer)?;
     state
         .get_event(&caller.account, &id)
         .await?
@@ -197,10 +195,9 @@ pub async fn get_event(
     ))]
 pub async fn ack_event(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Creator(caller): Creator,
     EventIdParam(id): EventIdParam,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Creator)?;
     match state.ack(&caller.account, &id).await? {
         AckOutcome::Acknowledged | AckOutcome::AlreadyDelivered => Ok(StatusCode::NO_CONTENT),
         AckOutcome::NotFound => Err(ApiError::NotFound),

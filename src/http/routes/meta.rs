@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::openapi::ApiDoc;
+use crate::http::openapi::ApiDoc;
 use crate::state::AppState;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -59,7 +59,11 @@ pub async fn index() -> Json<Index> {
 pub struct StoreStatus {
     /// "sqlite" or "dynamodb".
     pub backend: &'static str,
+    /// The store answered a ping just now.
     pub reachable: bool,
+    /// False while recent writes are failing (the latest write failed and
+    /// none has succeeded since, within the last minute).
+    pub writable: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -71,7 +75,8 @@ pub struct Status {
     pub store: StoreStatus,
 }
 
-/// Health: 200 when the store answers, 503 "degraded" when it does not.
+/// Health: 200 when the store answers and writes succeed, 503 "degraded"
+/// when it does not answer or recent writes are failing.
 #[utoipa::path(get, path = "/status", tag = "meta", responses(
     (status = 200, body = Status), (status = 503, body = Status)))]
 pub async fn status(State(state): State<AppState>) -> Response {
@@ -79,16 +84,19 @@ pub async fn status(State(state): State<AppState>) -> Response {
         tokio::time::timeout(STATUS_PING_BUDGET, state.store.ping()).await,
         Ok(Ok(()))
     );
+    let writable = !state.write_health.failing(state.clock.now());
+    let ok = reachable && writable;
     let body = Status {
-        status: if reachable { "ok" } else { "degraded" },
+        status: if ok { "ok" } else { "degraded" },
         version: VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
         store: StoreStatus {
             backend: state.store.backend(),
             reachable,
+            writable,
         },
     };
-    if reachable {
+    if ok {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         (

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{events, meta};
+use super::routes::{events, meta};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,7 @@ use crate::routes::{events, meta};
         meta::index, meta::status, meta::metrics, meta::openapi, meta::docs,
         events::create_event, events::list_inbox, events::get_event, events::ack_event,
     ),
-    components(schemas(crate::error::ErrorCode, crate::error::FieldError)),
+    components(schemas(super::error::ErrorCode, super::error::FieldError)),
     modifiers(&Security),
     tags(
         (name = "events", description = "Ingest, read and acknowledge events"),

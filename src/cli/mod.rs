@@ -1,21 +1,22 @@
-//! The `triggers-api` binary: `serve` (default), `keys …`, `dynamodb …`.
+//! The `triggers-api` binary: `serve` (default), `keys …`, `dynamodb …`,
+//! `healthcheck`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 
+use crate::auth::admin::{self as keys, KeyError};
 use crate::clock::SystemClock;
 use crate::config::{
     Cli, Command, DynamoCommand, KeysCommand, LogFormat, ServeArgs, Settings, StoreArgs, StoreUrl,
 };
 use crate::domain::{format_ts, AccountId};
-use crate::keys::{self, KeyError};
-use crate::store::sqlite::SqliteStore;
+use crate::startup::{open_dynamodb, open_store, open_store_timed, store_url_text, Application};
 use crate::store::{KeyChange, Store};
-use crate::AppState;
 
 /// Entry point for `main.rs`.
 pub fn main() -> ExitCode {
@@ -46,39 +47,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(store, args).await,
         Some(Command::Keys { command }) => keys_command(&store, command).await,
         Some(Command::Dynamodb { command }) => dynamodb_command(&store, command).await,
-    }
-}
-
-/// Opens the configured store.
-pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
-    match &args.store {
-        StoreUrl::Sqlite(path) => {
-            let store = SqliteStore::open(path)
-                .with_context(|| format!("cannot open the SQLite store at {}", path.display()))?;
-            Ok(Arc::new(store))
-        }
-        StoreUrl::Dynamodb { table_prefix } => {
-            let store = open_dynamodb(args, table_prefix).await?;
-            Ok(Arc::new(store))
+        Some(Command::Healthcheck { url, timeout_ms }) => {
+            healthcheck(&url, Duration::from_millis(timeout_ms)).await
         }
     }
-}
-
-async fn open_dynamodb(
-    args: &StoreArgs,
-    table_prefix: &str,
-) -> anyhow::Result<crate::store::dynamodb::DynamoStore> {
-    let cfg = crate::store::dynamodb::DynamoConfig {
-        table_prefix: table_prefix.to_owned(),
-        endpoint_url: std::env::var("AWS_ENDPOINT_URL")
-            .ok()
-            .filter(|s| !s.is_empty()),
-        request_timeout: args.store_timeout(),
-        max_attempts: 3,
-    };
-    crate::store::dynamodb::DynamoStore::connect(&cfg)
-        .await
-        .with_context(|| format!("cannot connect to DynamoDB (table prefix {table_prefix})"))
 }
 
 fn init_logging(format: LogFormat) {
@@ -94,13 +66,6 @@ fn init_logging(format: LogFormat) {
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
-}
-
-fn store_url_text(url: &StoreUrl) -> String {
-    match url {
-        StoreUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
-        StoreUrl::Dynamodb { table_prefix } => format!("dynamodb://{table_prefix}"),
-    }
 }
 
 async fn shutdown_signal() {
@@ -125,58 +90,65 @@ async fn shutdown_signal() {
 async fn serve(store_args: StoreArgs, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let store: Arc<dyn Store> = match &store_args.store {
-        StoreUrl::Dynamodb { table_prefix } => {
+        StoreUrl::Dynamodb { table_prefix } if args.create_tables => {
             let store = open_dynamodb(&store_args, table_prefix).await?;
-            if args.create_tables {
-                store
-                    .create_tables()
-                    .await
-                    .context("cannot create the DynamoDB tables")?;
-            }
+            store
+                .create_tables()
+                .await
+                .context("cannot create the DynamoDB tables")?;
             Arc::new(store)
         }
-        StoreUrl::Sqlite(_) => open_store(&store_args).await?,
+        _ => open_store(&store_args).await?,
     };
     let store_text = store_url_text(&store_args.store);
-    if store
-        .list_keys(None)
-        .await
-        .map(|k| k.is_empty())
-        .unwrap_or(false)
-    {
-        let exe = std::env::args()
-            .next()
-            .unwrap_or_else(|| "triggers-api".into());
-        tracing::warn!(
-            "the store has no API keys yet; create the first one with: {exe} keys create --store {store_text} --account my-account --email you@example.com --role creator"
-        );
-    }
-    let state = AppState::new(
-        store,
-        Arc::new(SystemClock),
-        Settings::new(&store_args, &args),
-    )
-    .await
-    .context("cannot initialise the service")?;
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = %store_text, "triggers-api {} listening on http://{addr}", crate::routes::meta::VERSION);
+    let settings = Settings::new(&store_args, &args);
+    let application = Application::build(store, Arc::new(SystemClock), settings, listener)
+        .await
+        .context("cannot initialise the service")?;
+    application.hint_when_no_keys(&store_text).await;
+    let addr = application.local_addr()?;
+    let limits = &application.state().settings.http;
+    tracing::info!(
+        %addr,
+        store = %store_text,
+        max_connections = limits.connection_cap(),
+        "triggers-api {} listening on http://{addr}",
+        crate::http::routes::meta::VERSION
+    );
+    application.run_until(shutdown_signal()).await?;
+    Ok(())
+}
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let purge = tokio::spawn(state.clone().purge_loop(
-        std::time::Duration::from_secs(args.purge_interval_secs.max(1)),
-        {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        },
-    ));
-    crate::serve(listener, crate::app(state), shutdown_signal()).await?;
-    let _ = stop_tx.send(true);
-    let _ = purge.await;
+/// GET `url` (plain http) and succeed on a 200.
+async fn healthcheck(url: &str, budget: Duration) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uri: axum::http::Uri = url.parse().context("not a URL")?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "only http:// URLs are supported"
+    );
+    let host = uri.host().context("the URL has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let head = tokio::time::timeout(budget, check)
+        .await
+        .with_context(|| format!("no answer from {url} within {budget:?}"))?
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status == "200", "{url} answered {status:?}");
+    println!("ok");
     Ok(())
 }
 
@@ -197,7 +169,7 @@ fn explain(e: KeyError) -> anyhow::Error {
 }
 
 async fn keys_command(args: &StoreArgs, command: KeysCommand) -> anyhow::Result<()> {
-    let store = open_store(args).await?;
+    let store = open_store_timed(args).await?;
     let store = store.as_ref();
     match command {
         KeysCommand::Create {

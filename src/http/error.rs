@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::store::{BoxError, StoreError};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -53,15 +53,33 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge(String),
+    /// Too many request headers (431).
+    HeadersTooLarge,
+    /// A request target longer than the limit (414).
+    UriTooLong,
     UnsupportedMediaType,
-    RateLimited { retry_after_secs: u64 },
-    Unavailable,
-    Internal,
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// 503; the cause, when known, is logged with the request, never sent.
+    Unavailable(Option<BoxError>),
+    /// 500; likewise.
+    Internal(Option<BoxError>),
 }
 
 impl ApiError {
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    /// A 500 with no cause worth logging beyond the message already logged.
+    pub fn internal() -> Self {
+        Self::Internal(None)
+    }
+
+    /// A 503 whose cause is `e`.
+    pub fn unavailable(e: impl Into<BoxError>) -> Self {
+        Self::Unavailable(Some(e.into()))
     }
 
     /// Seconds a client should wait after a 503.
@@ -119,6 +137,26 @@ impl ApiError {
                 None,
                 None,
             ),
+            HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "The request has more than {} header fields.",
+                    crate::http::observe::MAX_HEADERS
+                ),
+                None,
+                None,
+            ),
+            UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "The request target is longer than {} bytes.",
+                    crate::http::observe::MAX_URI_BYTES
+                ),
+                None,
+                None,
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
@@ -133,7 +171,7 @@ impl ApiError {
                 None,
                 Some(*retry_after_secs),
             ),
-            Unavailable => (
+            Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::ServiceUnavailable,
                 "The service is temporarily unavailable; retry after the Retry-After delay."
@@ -141,7 +179,7 @@ impl ApiError {
                 None,
                 Some(Self::UNAVAILABLE_RETRY_SECS),
             ),
-            Internal => (
+            Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::InternalError,
                 "An internal error occurred; quote the correlation_id when reporting it."
@@ -163,17 +201,34 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => {
-                tracing::warn!(error = &e as &dyn std::error::Error, "store unavailable");
-                ApiError::Unavailable
-            }
-            _ => {
-                tracing::error!(error = &e as &dyn std::error::Error, "store failure");
-                ApiError::Internal
-            }
+            StoreError::Unavailable(_) => ApiError::Unavailable(Some(Box::new(e))),
+            _ => ApiError::Internal(Some(Box::new(e))),
         }
     }
 }
+
+/// Every cause in an error's chain, outermost first, joined by ": " (a
+/// message repeated by its own source is written once). What the log line of
+/// a failed request carries.
+pub fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        cur = c.source();
+    }
+    out
+}
+
+/// The cause of a 5xx, for the request's log line (`observe`).
+#[derive(Debug, Clone)]
+pub struct LoggedCause(pub String);
 
 /// A problem before the correlation id is known; carried in the response's
 /// extensions to the `observe` middleware.
@@ -201,11 +256,15 @@ impl ProblemSpec {
             StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
                 retry_after_secs: 1,
             },
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => ApiError::Unavailable,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
+                ApiError::Unavailable(None)
+            }
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::HeadersTooLarge,
+            StatusCode::URI_TOO_LONG => ApiError::UriTooLong,
             s if s.is_client_error() => {
                 ApiError::validation("request", s.canonical_reason().unwrap_or("Bad request"))
             }
-            _ => ApiError::Internal,
+            _ => ApiError::internal(),
         };
         err.spec()
     }
@@ -280,6 +339,35 @@ impl IntoResponse for ApiError {
         // `observe` middleware with the request's correlation id.
         let mut resp = spec.render_into(Response::new(axum::body::Body::empty()), "");
         resp.extensions_mut().insert(spec);
+        if let ApiError::Unavailable(Some(cause)) | ApiError::Internal(Some(cause)) = &self {
+            resp.extensions_mut()
+                .insert(LoggedCause(cause_chain(cause.as_ref())));
+        }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_chain_names_every_cause_once() {
+        let io = std::io::Error::other("disk I/O error");
+        let e = StoreError::unavailable(io);
+        assert_eq!(cause_chain(&e), "store unavailable: disk I/O error");
+    }
+
+    #[test]
+    fn a_5xx_body_is_generic_and_its_cause_goes_to_the_log_only() {
+        let e = ApiError::from(StoreError::internal(std::io::Error::other(
+            "no such table: events",
+        )));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let cause = resp.extensions().get::<LoggedCause>().expect("a cause");
+        assert_eq!(cause.0, "store failure: no such table: events");
+        let spec = resp.extensions().get::<ProblemSpec>().expect("a problem");
+        assert!(!spec.detail.contains("table"), "{}", spec.detail);
     }
 }

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 
-use crate::apikey::NewKey;
+use super::key::NewKey;
 use crate::domain::{trunc_ms, AccountId, ApiKeyRecord, Email, KeyId, KeyStatus, Role};
 use crate::store::{KeyChange, Store, StoreError};
 

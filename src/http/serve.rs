@@ -1,0 +1,453 @@
+//! The HTTP/1.1 server loop, with the limits a public service needs against
+//! slow and idle clients (axum's own `serve` has none of them):
+//!
+//! - **header-read timeout**: a request whose head has begun to arrive must
+//!   be complete within `header_read_timeout`, else the connection closes;
+//! - **idle timeout**: a keep-alive connection with no request under way
+//!   and no byte received for `idle_timeout` closes;
+//! - **connection cap**: at most `max_connections` open connections (and
+//!   always fewer than the process's file-descriptor limit allows). At the
+//!   cap, a new connection takes the place of the idlest one that has no
+//!   request under way (slow-header connections first); when every
+//!   connection is busy with a request, the new one is closed at once. So
+//!   a crowd of trickling clients can never starve `GET /status`;
+//! - **graceful shutdown with a deadline**: on shutdown no new connection is
+//!   accepted, idle ones close, requests under way may finish within
+//!   `shutdown_grace`; whatever is left then is closed.
+//!
+//! Requests carry the peer address ([`ClientAddr`]) for the auth budgets.
+//! Connection-level events (timeouts, evictions, refusals, malformed
+//! requests hyper answers itself) are logged and counted in
+//! `triggers_http_connections_closed_total{reason}`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::metrics::{CloseReason, ConnMetrics};
+
+/// Header fields hyper itself accepts; the API's own, lower limit is
+/// checked by `observe`, which answers it with a problem body.
+const HYPER_MAX_HEADERS: usize = 256;
+/// File descriptors kept free for everything but client connections (the
+/// store's files and connections, the listener, logs).
+const FD_RESERVE: u64 = 64;
+
+/// The server's connection limits (README, "Security").
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// `max_connections`, lowered to stay under this process's limit of
+    /// open files.
+    pub fn connection_cap(&self) -> usize {
+        let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(u64::MAX);
+        let room = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+        self.max_connections.min(room).max(1)
+    }
+}
+
+/// The peer address of the connection a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// One open connection, as the accept loop and its watchdog see it.
+struct Conn {
+    base: Instant,
+    in_flight: AtomicU32,
+    /// Milliseconds since `base` at which the connection last became idle
+    /// (accepted, or its last request finished).
+    idle_since: AtomicU64,
+    /// Milliseconds since `base` (+1, so 0 means none) at which bytes of a
+    /// request head began to arrive while no request was under way.
+    head_since: AtomicU64,
+    evict: Notify,
+}
+
+impl Conn {
+    fn new(base: Instant) -> Self {
+        let c = Self {
+            base,
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            evict: Notify::new(),
+        };
+        c.idle_since.store(c.now_ms(), Ordering::Relaxed);
+        c
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// When this connection expires if nothing happens, and why.
+    fn deadline(&self, cfg: &ServeConfig) -> Option<(Instant, CloseReason)> {
+        if self.busy() {
+            return None;
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            0 => Some((
+                self.at(self.idle_since.load(Ordering::Acquire)) + cfg.idle_timeout,
+                CloseReason::IdleTimeout,
+            )),
+            since => Some((
+                self.at(since - 1) + cfg.header_read_timeout,
+                CloseReason::HeaderTimeout,
+            )),
+        }
+    }
+
+    fn bytes_arrived(&self) {
+        if !self.busy() && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(self.now_ms() + 1, Ordering::Release);
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Release);
+    }
+
+    fn request_ended(&self) {
+        self.idle_since.store(self.now_ms(), Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Ends a request's in-flight mark however its future ends.
+struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// The socket, noting when request bytes arrive.
+struct Tracked {
+    inner: TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let out = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(out, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.conn.bytes_arrived();
+        }
+        out
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The open connections, to pick one to close at the cap.
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The connection to give up for a new one: among those with no request
+    /// under way, one sending a request head slowly (the oldest such), else
+    /// the longest idle.
+    fn victim(&self) -> Option<Arc<Conn>> {
+        self.lock()
+            .values()
+            .filter(|c| !c.busy())
+            .min_by_key(|c| match c.head_since.load(Ordering::Acquire) {
+                0 => (1, c.idle_since.load(Ordering::Acquire)),
+                since => (0, since),
+            })
+            .cloned()
+    }
+}
+
+/// Removes a connection from the registry when its task ends.
+struct Registered {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves `app` on `listener` with `cfg`'s limits until `shutdown`
+/// resolves, then drains (see the module docs).
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    cfg: ServeConfig,
+    metrics: ConnMetrics,
+) -> io::Result<()> {
+    let cap = cfg.connection_cap();
+    let cfg = Arc::new(cfg);
+    let registry = Arc::new(Registry::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let base = Instant::now();
+    let mut tasks = JoinSet::new();
+    let mut next_id = 0u64;
+    let mut last_accept_error: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) if is_transient_accept_error(&e) => continue,
+                    Err(e) => {
+                        // E.g. out of file descriptors: back off, log at most
+                        // once a second.
+                        if last_accept_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            tracing::warn!(error = %e, "accept failed");
+                            last_accept_error = Some(Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                if registry.len() >= cap {
+                    match registry.victim() {
+                        Some(victim) => victim.evict.notify_one(),
+                        None => {
+                            metrics.closed(CloseReason::Refused);
+                            tracing::debug!(%peer, "connection refused: every connection is busy");
+                            drop(stream);
+                            continue;
+                        }
+                    }
+                }
+                let _ = stream.set_nodelay(true);
+                next_id += 1;
+                let conn = Arc::new(Conn::new(base));
+                registry.lock().insert(next_id, conn.clone());
+                let registered = Registered { id: next_id, registry: registry.clone() };
+                tasks.spawn(run_connection(
+                    stream,
+                    peer,
+                    conn,
+                    registered,
+                    app.clone(),
+                    cfg.clone(),
+                    stop_rx.clone(),
+                    metrics.clone(),
+                ));
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let open = tasks.len();
+    if open > 0 {
+        tracing::info!(connections = open, "draining connections");
+    }
+    let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let left = tasks.len();
+        for _ in 0..left {
+            metrics.closed(CloseReason::ShutdownForced);
+        }
+        tracing::warn!(
+            connections = left,
+            "shutdown grace period over; closing the connections left"
+        );
+        tasks.shutdown().await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    _registered: Registered,
+    app: Router,
+    cfg: Arc<ServeConfig>,
+    mut stop: watch::Receiver<bool>,
+    metrics: ConnMetrics,
+) {
+    metrics.opened();
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        conn: conn.clone(),
+    });
+    let service = {
+        let conn = conn.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            conn.request_started();
+            let in_flight = InFlight(conn.clone());
+            req.extensions_mut().insert(ClientAddr(peer));
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req.map(Body::new)).await;
+                drop(in_flight);
+                resp
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_headers(HYPER_MAX_HEADERS)
+        // The watchdog below times header reads (hyper's own timer would
+        // also cut idle keep-alive connections at the same bound).
+        .header_read_timeout(None);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    let reason = loop {
+        let deadline = conn.deadline(&cfg);
+        let wake =
+            deadline.map_or_else(|| Instant::now() + Duration::from_millis(250), |(at, _)| at);
+        tokio::select! {
+            res = connection.as_mut() => break match res {
+                Ok(()) => CloseReason::Client,
+                Err(e) => classify(&e, peer),
+            },
+            () = tokio::time::sleep_until(wake) => {
+                if let Some((at, why)) = conn.deadline(&cfg) {
+                    if Instant::now() >= at {
+                        tracing::debug!(%peer, reason = why.as_str(), "closing connection");
+                        break why;
+                    }
+                }
+            }
+            () = conn.evict.notified() => {
+                if !conn.busy() {
+                    tracing::debug!(%peer, "connection closed to make room for a new one");
+                    break CloseReason::Evicted;
+                }
+            }
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                // Nothing under way (idle, or a head still arriving): close
+                // now; a request under way may finish within the grace.
+                if !conn.busy() {
+                    break CloseReason::Shutdown;
+                }
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    metrics.closed(reason);
+}
+
+/// Why hyper ended a connection with an error; malformed requests are
+/// logged (hyper answered them itself: 400, 414 or 431 with an empty body).
+fn classify(e: &hyper::Error, peer: SocketAddr) -> CloseReason {
+    if e.is_parse_too_large() {
+        tracing::info!(%peer, error = %e, "request head too large; hyper answered 431 or 414");
+        CloseReason::HeadTooLarge
+    } else if e.is_parse() || e.is_parse_status() {
+        tracing::info!(%peer, error = %e, "malformed request; hyper answered 400");
+        CloseReason::Malformed
+    } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        CloseReason::Client
+    } else {
+        tracing::debug!(%peer, error = %e, "connection error");
+        CloseReason::IoError
+    }
+}
