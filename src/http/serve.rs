@@ -96,7 +96,11 @@ struct Conn {
     /// Milliseconds since `base` (+1, so 0 means none) at which bytes of a
     /// request head began to arrive while no request was under way.
     head_since: AtomicU64,
+    /// Chosen to make room for a new connection (closing).
+    evicted: std::sync::atomic::AtomicBool,
     evict: Notify,
+    /// A request head began to arrive: the watchdog's deadline changed.
+    head_started: Notify,
 }
 
 impl Conn {
@@ -106,7 +110,9 @@ impl Conn {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            evicted: std::sync::atomic::AtomicBool::new(false),
             evict: Notify::new(),
+            head_started: Notify::new(),
         };
         c.idle_since.store(c.now_ms(), Ordering::Relaxed);
         c
@@ -144,6 +150,7 @@ impl Conn {
     fn bytes_arrived(&self) {
         if !self.busy() && self.head_since.load(Ordering::Relaxed) == 0 {
             self.head_since.store(self.now_ms() + 1, Ordering::Release);
+            self.head_started.notify_one();
         }
     }
 
@@ -229,22 +236,35 @@ impl Registry {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Open connections, not counting those already told to close.
     fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// The connection to give up for a new one: among those with no request
-    /// under way, one sending a request head slowly (the oldest such), else
-    /// the longest idle.
-    fn victim(&self) -> Option<Arc<Conn>> {
         self.lock()
             .values()
-            .filter(|c| !c.busy())
+            .filter(|c| !c.evicted.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Picks the connection to give up for a new one and tells it to close:
+    /// among those with no request under way, one sending a request head
+    /// slowly (the oldest such), else the longest idle. `false` when every
+    /// connection is busy.
+    fn evict_one(&self) -> bool {
+        let conns = self.lock();
+        let victim = conns
+            .values()
+            .filter(|c| !c.busy() && !c.evicted.load(Ordering::Acquire))
             .min_by_key(|c| match c.head_since.load(Ordering::Acquire) {
                 0 => (1, c.idle_since.load(Ordering::Acquire)),
                 since => (0, since),
-            })
-            .cloned()
+            });
+        match victim {
+            Some(v) => {
+                v.evicted.store(true, Ordering::Release);
+                v.evict.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -306,16 +326,11 @@ pub async fn serve_with(
                         continue;
                     }
                 };
-                if registry.len() >= cap {
-                    match registry.victim() {
-                        Some(victim) => victim.evict.notify_one(),
-                        None => {
-                            metrics.closed(CloseReason::Refused);
-                            tracing::debug!(%peer, "connection refused: every connection is busy");
-                            drop(stream);
-                            continue;
-                        }
-                    }
+                if registry.len() >= cap && !registry.evict_one() {
+                    metrics.closed(CloseReason::Refused);
+                    tracing::debug!(%peer, "connection refused: every connection is busy");
+                    drop(stream);
+                    continue;
                 }
                 let _ = stream.set_nodelay(true);
                 next_id += 1;
@@ -415,11 +430,15 @@ async fn run_connection(
                     }
                 }
             }
+            () = conn.head_started.notified() => {}
             () = conn.evict.notified() => {
+                // A request may have begun since it was chosen: it finishes,
+                // and the connection closes after it.
                 if !conn.busy() {
                     tracing::debug!(%peer, "connection closed to make room for a new one");
                     break CloseReason::Evicted;
                 }
+                connection.as_mut().graceful_shutdown();
             }
             _ = stop.changed(), if !draining => {
                 draining = true;

@@ -11,6 +11,7 @@ mod cli;
 mod conformance;
 mod dynamodb_store;
 mod fixtures;
+mod hardening;
 mod props;
 mod resilience;
 mod support;
