@@ -407,3 +407,75 @@ fn unshare(e: Arc<AuthError>) -> AuthError {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::sqlite::SqliteStore;
+
+    fn panicking_check(_: &str, _: &str) -> Result<bool, bcrypt::BcryptError> {
+        panic!("bcrypt panicked (test)")
+    }
+
+    async fn fixture(
+        check: Option<SecretCheck>,
+    ) -> (tempfile::TempDir, Authenticator, String, AuthMetrics) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
+        let token = crate::auth::admin::create(
+            store.as_ref(),
+            "acme",
+            "a@acme.example",
+            Role::Creator,
+            100,
+            4,
+        )
+        .await
+        .unwrap()
+        .token;
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let metrics = AuthMetrics::default();
+        let mut auth = Authenticator::new(store, clock, AuthConfig::default(), metrics.clone());
+        if let Some(check) = check {
+            auth = auth.with_secret_check(check);
+        }
+        (dir, auth, token, metrics)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_verifier_decides_nothing_and_caches_nothing() {
+        let (_dir, auth, token, metrics) = fixture(Some(panicking_check)).await;
+        for _ in 0..2 {
+            // Not "invalid" from a negative cache the second time: nothing
+            // was cached, the check ran again.
+            // 503 either way (the cause stays with the first waiter).
+            let e = auth.authenticate(&token, ClientNet::UNKNOWN).await;
+            assert!(
+                matches!(e, Err(AuthError::Verifier(_) | AuthError::Busy)),
+                "{e:?}"
+            );
+        }
+        assert_eq!(metrics.bcrypt_runs.get(), 2);
+        assert_eq!(
+            metrics.bcrypt_in_flight.get(),
+            0,
+            "the gauge survives a panic"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_id_costs_a_lookup_but_no_budget_or_bcrypt() {
+        let (_dir, auth, token, metrics) = fixture(None).await;
+        let unknown = format!("trg_zzzzzzzzzzzzzzzz{}", &token[20..]);
+        for _ in 0..50 {
+            assert!(matches!(
+                auth.authenticate(&unknown, ClientNet::UNKNOWN).await,
+                Err(AuthError::Invalid)
+            ));
+        }
+        assert_eq!(metrics.bcrypt_runs.get(), 0);
+        assert_eq!(auth.budget.tracked(), 0);
+        assert!(auth.authenticate(&token, ClientNet::UNKNOWN).await.is_ok());
+    }
+}

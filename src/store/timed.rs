@@ -6,7 +6,7 @@
 //! unknown to the caller, which is why ingest is deduplicated (a retry is
 //! safe).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,26 +27,29 @@ pub const WRITE_FAILURE_MEMORY: Duration = Duration::from_secs(60);
 /// since, for at most [`WRITE_FAILURE_MEMORY`].
 #[derive(Debug, Default)]
 pub struct WriteHealth {
-    last_ok_ms: AtomicI64,
+    /// Orders outcomes (clock readings can be equal).
+    seq: AtomicU64,
+    last_ok: AtomicU64,
+    last_failure: AtomicU64,
     last_failure_ms: AtomicI64,
 }
 
 impl WriteHealth {
     fn record(&self, now_ms: i64, ok: bool) {
-        let slot = if ok {
-            &self.last_ok_ms
+        let n = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        if ok {
+            self.last_ok.fetch_max(n, Ordering::AcqRel);
         } else {
-            &self.last_failure_ms
-        };
-        slot.fetch_max(now_ms, Ordering::Relaxed);
+            self.last_failure_ms.store(now_ms, Ordering::Release);
+            self.last_failure.fetch_max(n, Ordering::AcqRel);
+        }
     }
 
     /// Whether writes are failing at `now`.
     pub fn failing(&self, now: DateTime<Utc>) -> bool {
-        let failure = self.last_failure_ms.load(Ordering::Relaxed);
-        let ok = self.last_ok_ms.load(Ordering::Relaxed);
         let memory = i64::try_from(WRITE_FAILURE_MEMORY.as_millis()).unwrap_or(i64::MAX);
-        failure > 0 && failure >= ok && now.timestamp_millis() - failure < memory
+        self.last_failure.load(Ordering::Acquire) > self.last_ok.load(Ordering::Acquire)
+            && now.timestamp_millis() - self.last_failure_ms.load(Ordering::Acquire) < memory
     }
 }
 
@@ -92,8 +95,7 @@ impl Timed {
             out,
             Err(StoreError::Unavailable(_) | StoreError::Internal(_) | StoreError::Corrupt { .. })
         );
-        self.health
-            .record(self.clock.now().timestamp_millis().max(1), ok);
+        self.health.record(self.clock.now().timestamp_millis(), ok);
         out
     }
 }
@@ -190,8 +192,9 @@ mod tests {
         h.record(1_000, true);
         h.record(2_000, false);
         assert!(h.failing(at(2_500)));
-        h.record(3_000, true);
-        assert!(!h.failing(at(3_000)));
+        // Order decides, not the clock (readings can be equal).
+        h.record(2_000, true);
+        assert!(!h.failing(at(2_000)));
     }
 
     #[test]

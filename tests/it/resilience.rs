@@ -23,6 +23,8 @@ const OK: u8 = 0;
 const UNAVAILABLE: u8 = 1;
 const HANG: u8 = 2;
 const BROKEN: u8 = 3;
+/// Reads and pings work; every write fails (a full disk, say).
+const WRITES_FAIL: u8 = 4;
 
 struct Switchable {
     inner: Arc<dyn Store>,
@@ -41,6 +43,13 @@ impl Switchable {
             _ => Ok(()),
         }
     }
+
+    async fn gate_write(&self) -> Result<(), StoreError> {
+        if self.mode.load(Ordering::SeqCst) == WRITES_FAIL {
+            return Err(StoreError::unavailable("database or disk is full (test)"));
+        }
+        self.gate().await
+    }
 }
 
 #[async_trait]
@@ -57,7 +66,7 @@ impl Store for Switchable {
         self.inner.secret(name).await
     }
     async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        self.gate().await?;
+        self.gate_write().await?;
         self.inner.create_key(key).await
     }
     async fn get_key(&self, key_id: &KeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -76,15 +85,15 @@ impl Store for Switchable {
         key_id: &KeyId,
         change: KeyChange,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.gate().await?;
+        self.gate_write().await?;
         self.inner.update_key(key_id, change).await
     }
     async fn revoke_keys_by_email(&self, email: &Email) -> Result<Vec<KeyId>, StoreError> {
-        self.gate().await?;
+        self.gate_write().await?;
         self.inner.revoke_keys_by_email(email).await
     }
     async fn insert_event(&self, event: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
-        self.gate().await?;
+        self.gate_write().await?;
         self.inner.insert_event(event, dedup).await
     }
     async fn get_event(
@@ -107,11 +116,11 @@ impl Store for Switchable {
         now: DateTime<Utc>,
         cutoff: DateTime<Utc>,
     ) -> Result<AckOutcome, StoreError> {
-        self.gate().await?;
+        self.gate_write().await?;
         self.inner.ack_event(a, id, now, cutoff).await
     }
     async fn purge(&self, d: DateTime<Utc>, f: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.gate().await?;
+        self.gate_write().await?;
         self.inner.purge(d, f).await
     }
 }
@@ -170,6 +179,38 @@ async fn an_unreachable_store_answers_503_with_retry_after_and_writes_nothing() 
         "the refused write did not happen"
     );
     assert_eq!(app.post_event_status(&key, &body).await, 201);
+}
+
+#[tokio::test]
+async fn status_is_degraded_while_writes_fail_and_ok_again_once_one_succeeds() {
+    let (app, mode, key) = switchable_app().await;
+    let status = || async {
+        let resp = app.client.get(app.url("/status")).send().await.unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status().await.0, 200);
+    mode.store(WRITES_FAIL, Ordering::SeqCst);
+    let body = json!({"event_type": "x", "payload": {"n": 1}});
+    assert_eq!(app.post_event_status(&key, &body).await, 503);
+    let (code, v) = status().await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(v["store"]["reachable"], true);
+    assert_eq!(v["store"]["writable"], false);
+    // Reads still work meanwhile.
+    assert_eq!(app.get("/inbox", &key).send().await.unwrap().status(), 200);
+
+    mode.store(OK, Ordering::SeqCst);
+    assert_eq!(
+        status().await.0,
+        503,
+        "still degraded: no write has succeeded yet"
+    );
+    assert_eq!(app.post_event_status(&key, &body).await, 201);
+    let (code, v) = status().await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["store"]["writable"], true);
 }
 
 #[tokio::test]
