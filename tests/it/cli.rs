@@ -170,10 +170,25 @@ impl Drop for Server {
 
 /// Starts the real binary on a free port and waits for its "listening" line.
 fn start_server(store: &str) -> Server {
-    let mut child = Command::new(BIN)
+    start_server_with(store, &[], None)
+}
+
+/// Likewise, with extra environment and, when given, a lower limit of open
+/// files (`ulimit -n`).
+fn start_server_with(store: &str, env: &[(&str, &str)], max_files: Option<u32>) -> Server {
+    let mut command = match max_files {
+        Some(n) => {
+            let mut c = Command::new("bash");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let mut child = command
         .args(["serve", "--bind", "127.0.0.1:0"])
         .env("TRIGGERS_STORE", store)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -200,6 +215,54 @@ fn start_server(store: &str) -> Server {
         base: format!("http://{addr}"),
         log,
     }
+}
+
+impl Server {
+    /// Waits until a log line contains every one of `needles`.
+    async fn log_line(&self, needles: &[&str]) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .cloned();
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server's peak resident memory (VmHWM), in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+fn creator_key(store: &str) -> String {
+    let created = ok_json(cli(
+        store,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "acme",
+            "--email",
+            "a@b.c",
+            "--role",
+            "creator",
+            "--json",
+        ],
+    ));
+    created["key"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -426,4 +489,160 @@ async fn create_tables_is_idempotent_and_the_keys_cli_works_on_dynamodb() {
     let out = run(&["keys", "revoke", "zzzzzzzzzzzzzzzz"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_logs_its_whole_cause_with_the_request_id_and_answers_a_generic_500() {
+    let (dir, store) = temp_store();
+    let key = creator_key(&store);
+    let server = start_server(&store);
+    // Break the store under the running server.
+    let conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    conn.execute_batch("DROP TABLE events").unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/events", server.base))
+        .bearer_auth(&key)
+        .header("x-request-id", "cause-chain-test-1")
+        .json(&json!({"event_type": "t", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    let body = resp.text().await.unwrap();
+    assert!(!body.contains("table"), "the body stays generic: {body}");
+    let line = server
+        .log_line(&["cause-chain-test-1", "\"status\":500"])
+        .await
+        .expect("a log line for the failed request");
+    println!("{line}");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("no such table: events"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_pages_of_huge_events_stay_under_300_mib() {
+    use std::sync::Arc;
+    use triggers_api::domain::{trunc_ms, AccountId, EventId, EventType, JsonObject};
+    use triggers_api::store::{Dedup, Fingerprint, NewEvent, Store};
+
+    let (dir, store) = temp_store();
+    let key = creator_key(&store);
+    let server = start_server(&store);
+    // 200 events of ~500 KB (a 250 KB payload and 250 KB of metadata),
+    // written straight into the server's store file.
+    {
+        let writer: Arc<dyn Store> = Arc::new(
+            triggers_api::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap(),
+        );
+        let account = AccountId::parse("acme").unwrap();
+        let pad = "p".repeat(250 * 1024);
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let (writer, account, pad) = (writer.clone(), account.clone(), pad.clone());
+            tasks.push(tokio::spawn(async move {
+                let event = NewEvent {
+                    event_id: EventId::new_v7(),
+                    account,
+                    event_type: EventType::parse("big").unwrap(),
+                    payload: JsonObject::from_json_text(format!(r#"{{"i":{i},"pad":"{pad}"}}"#))
+                        .unwrap(),
+                    source: None,
+                    metadata: JsonObject::from_json_text(format!(r#"{{"m":"{pad}"}}"#)).unwrap(),
+                    timestamp: trunc_ms(chrono::Utc::now()),
+                };
+                let mut fp = [0u8; 32];
+                fp[..4].copy_from_slice(&i.to_be_bytes());
+                let dedup = Dedup {
+                    fingerprint: Fingerprint(fp),
+                    window: Duration::from_secs(300),
+                };
+                writer.insert_event(event, dedup).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let before = server.peak_rss_kib();
+    let client = reqwest::Client::new();
+    let mut pages = Vec::new();
+    for _ in 0..8 {
+        let (client, url, key) = (
+            client.clone(),
+            format!("{}/inbox?limit=200", server.base),
+            key.clone(),
+        );
+        pages.push(tokio::spawn(async move {
+            let resp = client.get(url).bearer_auth(key).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.bytes().await.unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["pagination"]["has_more"], true);
+            (body.len(), v["events"].as_array().unwrap().len())
+        }));
+    }
+    let mut sizes = Vec::new();
+    for p in pages {
+        sizes.push(p.await.unwrap());
+    }
+    let peak = server.peak_rss_kib();
+    println!(
+        "8 concurrent GET /inbox?limit=200 over 200 events of ~500 KB: pages {sizes:?}, \
+         server peak RSS {} MiB -> {} MiB",
+        before / 1024,
+        peak / 1024
+    );
+    for (bytes, events) in sizes {
+        assert!(
+            events >= 1 && bytes <= 2 * 1024 * 1024,
+            "{events} events, {bytes} bytes"
+        );
+    }
+    assert!(peak < 300 * 1024, "peak RSS {} MiB", peak / 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_trickling_connections_under_ulimit_256_cannot_starve_status() {
+    use tokio::io::AsyncWriteExt;
+    let (_dir, store) = temp_store();
+    let server = start_server_with(&store, &[], Some(256));
+    let listening = server
+        .log_line(&["listening"])
+        .await
+        .expect("the listening line");
+    let v: Value = serde_json::from_str(&listening).unwrap();
+    let cap = v["max_connections"].as_u64().unwrap();
+    assert!(cap < 256, "the cap stays under the open-file limit: {cap}");
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut trickling = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /status HTTP/1.1\r\n").await.unwrap();
+        trickling.push(s);
+    }
+    // The trickle goes on while /status is asked, a byte at a time.
+    for s in trickling.iter_mut() {
+        let _ = s.write_all(b"X").await;
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let resp = client
+            .get(format!("{}/status", server.base))
+            .send()
+            .await
+            .expect("GET /status answers");
+        assert_eq!(resp.status(), 200);
+        println!(
+            "GET /status beside 300 trickling connections: {:?}",
+            started.elapsed()
+        );
+    }
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("Too many open files"), "{log}");
 }
