@@ -79,10 +79,17 @@ impl Application {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         }));
+        let signal = {
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                state.begin_shutdown();
+            }
+        };
         let served = serve_with(
             listener,
             app(state.clone()),
-            shutdown,
+            signal,
             state.settings.http.clone(),
             state.metrics.connections.clone(),
         )

@@ -24,6 +24,10 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// How recent writes went (for `/status`).
     pub write_health: Arc<WriteHealth>,
+    /// Turns true when the server begins to shut down: what long-running
+    /// requests (long polls) wait on beside their own work.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
     pub started: Instant,
 }
 
@@ -41,6 +45,7 @@ impl AppState {
         let store: Arc<dyn Store> = Arc::new(timed);
         let secret = store.secret("cursor-hmac").await?;
         let metrics = Arc::new(Metrics::new());
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         Ok(Self {
             auth: Arc::new(Authenticator::new(
                 store.clone(),
@@ -55,7 +60,15 @@ impl AppState {
             cursors: Arc::new(CursorCodec::new(secret)),
             settings: Arc::new(settings),
             write_health,
+            stopping,
+            stop: Arc::new(stop),
             started: Instant::now(),
         })
+    }
+
+    /// Tells everything waiting on [`AppState::stopping`] that the server
+    /// is shutting down.
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
     }
 }
