@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::AuthConfig;
 use crate::domain::{KeyStatus, Role};
-use crate::http::ServeConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -277,6 +276,42 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIGGERS_AUTH_BCRYPT_CONCURRENCY",
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub auth_bcrypt_concurrency: Option<u64>,
+}
+
+/// File descriptors kept free for everything but client connections (the
+/// store's files and connections, the listener, logs).
+const FD_RESERVE: u64 = 64;
+
+/// The server's connection limits (README, "Security").
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// `max_connections`, lowered to stay under this process's limit of
+    /// open files.
+    pub fn connection_cap(&self) -> usize {
+        let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(u64::MAX);
+        let room = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+        self.max_connections.min(room).max(1)
+    }
 }
 
 /// What the running service needs, read once from the command line and

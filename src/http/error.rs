@@ -53,10 +53,14 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge(String),
-    /// Too many request headers (431).
-    HeadersTooLarge,
-    /// A request target longer than the limit (414).
-    UriTooLong,
+    /// More request header fields than `max` (431).
+    HeadersTooLarge {
+        max: usize,
+    },
+    /// A request target longer than `max` bytes (414).
+    UriTooLong {
+        max: usize,
+    },
     UnsupportedMediaType,
     RateLimited {
         retry_after_secs: u64,
@@ -137,23 +141,17 @@ impl ApiError {
                 None,
                 None,
             ),
-            HeadersTooLarge => (
+            HeadersTooLarge { max } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,
-                format!(
-                    "The request has more than {} header fields.",
-                    crate::http::observe::MAX_HEADERS
-                ),
+                format!("The request has more than {max} header fields."),
                 None,
                 None,
             ),
-            UriTooLong => (
+            UriTooLong { max } => (
                 StatusCode::URI_TOO_LONG,
                 ErrorCode::PayloadTooLarge,
-                format!(
-                    "The request target is longer than {} bytes.",
-                    crate::http::observe::MAX_URI_BYTES
-                ),
+                format!("The request target is longer than {max} bytes."),
                 None,
                 None,
             ),
@@ -259,8 +257,12 @@ impl ProblemSpec {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
                 ApiError::Unavailable(None)
             }
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::HeadersTooLarge,
-            StatusCode::URI_TOO_LONG => ApiError::UriTooLong,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                ApiError::PayloadTooLarge("The request head is too large.".into())
+            }
+            StatusCode::URI_TOO_LONG => {
+                ApiError::PayloadTooLarge("The request target is too long.".into())
+            }
             s if s.is_client_error() => {
                 ApiError::validation("request", s.canonical_reason().unwrap_or("Bad request"))
             }

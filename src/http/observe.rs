@@ -63,13 +63,13 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let start = Instant::now();
 
     let too_large = if req.headers().len() > MAX_HEADERS {
-        Some(ApiError::HeadersTooLarge)
+        Some(ApiError::HeadersTooLarge { max: MAX_HEADERS })
     } else if req
         .uri()
         .path_and_query()
         .is_some_and(|pq| pq.as_str().len() > MAX_URI_BYTES)
     {
-        Some(ApiError::UriTooLong)
+        Some(ApiError::UriTooLong { max: MAX_URI_BYTES })
     } else {
         None
     };

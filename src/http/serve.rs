@@ -41,46 +41,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+pub use crate::config::ServeConfig;
 use crate::metrics::{CloseReason, ConnMetrics};
 
 /// Header fields hyper itself accepts; the API's own, lower limit is
 /// checked by `observe`, which answers it with a problem body.
 const HYPER_MAX_HEADERS: usize = 256;
-/// File descriptors kept free for everything but client connections (the
-/// store's files and connections, the listener, logs).
-const FD_RESERVE: u64 = 64;
-
-/// The server's connection limits (README, "Security").
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 1024,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
-
-impl ServeConfig {
-    /// `max_connections`, lowered to stay under this process's limit of
-    /// open files.
-    pub fn connection_cap(&self) -> usize {
-        let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
-            .map(|(soft, _)| soft)
-            .unwrap_or(u64::MAX);
-        let room = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
-        self.max_connections.min(room).max(1)
-    }
-}
 
 /// The peer address of the connection a request came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
