@@ -54,10 +54,11 @@ set -e
 count() { grep -E "^test $1.* \.\.\. ok$" "$log" | wc -l | tr -d ' '; }
 sqlite=$(count 'conformance::sqlite::')
 dynamo=$(count 'conformance::dynamodb::')
+http_only=$(count 'conformance::http::')
 store_dynamo=$(count 'dynamodb_store::')
 failed=$(grep -cE '^test .* \.\.\. FAILED$' "$log" || true)
 step "Summary"
-echo "conformance suite: ${sqlite} passed against sqlite, ${dynamo} passed against dynamodb (${TRIGGERS_TEST_DYNAMODB_ENDPOINT})"
+echo "conformance suite: ${sqlite} passed against sqlite, ${dynamo} passed against dynamodb (${TRIGGERS_TEST_DYNAMODB_ENDPOINT}), ${http_only} store-independent cases passed once"
 echo "dynamodb store tests: ${store_dynamo} passed"
 echo "failed tests: ${failed}"
 echo "wall time: $(( $(date +%s) - started )) s"

@@ -30,22 +30,41 @@ macro_rules! suite {
     };
 }
 
-suite! {
+/// Cases that never reach the store: run once, not once per backend (they
+/// would only inflate the per-backend counts).
+macro_rules! once {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        pub mod http {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$module::$name(crate::support::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+once! {
     meta::the_index_names_the_service_and_links_the_docs,
-    meta::status_reports_ok_with_version_uptime_and_store,
     meta::the_openapi_document_is_3_1_and_covers_every_endpoint,
     meta::the_docs_page_renders_the_openapi_document_without_external_assets,
+    transport::an_unknown_route_is_a_404_problem,
+    transport::a_sane_request_id_is_echoed_and_an_insane_one_replaced,
+}
+
+suite! {
+    meta::status_reports_ok_with_version_uptime_and_store,
     meta::metrics_expose_requests_latency_ingests_duplicates_and_acks,
 
-    transport::an_unknown_route_is_a_404_problem,
     transport::a_wrong_method_is_a_405_problem_with_an_allow_header,
-    transport::a_sane_request_id_is_echoed_and_an_insane_one_replaced,
     transport::a_body_that_is_not_json_content_type_is_415,
     transport::malformed_json_is_a_400_validation_error,
     transport::invalid_utf8_is_a_400_validation_error,
     transport::a_body_over_512_kib_is_413_before_parsing,
     transport::a_chunked_body_over_the_limit_is_413,
-    transport::a_lying_content_length_cannot_smuggle_a_large_body,
+    transport::a_content_length_shorter_than_the_body_reads_only_what_it_declares,
+    transport::a_declared_length_over_the_limit_is_413_before_any_body_is_read,
     transport::a_payload_over_256_kib_is_413,
     transport::request_nesting_of_128_is_accepted_and_129_is_400,
     transport::unknown_fields_are_400_and_listed,

@@ -143,7 +143,7 @@ pub async fn a_chunked_body_over_the_limit_is_413(b: Backend) {
     problem(resp, 413, "PAYLOAD_TOO_LARGE").await;
 }
 
-pub async fn a_lying_content_length_cannot_smuggle_a_large_body(b: Backend) {
+pub async fn a_content_length_shorter_than_the_body_reads_only_what_it_declares(b: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (app, key) = TestApp::with_creator(b).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
@@ -163,6 +163,28 @@ pub async fn a_lying_content_length_cannot_smuggle_a_large_body(b: Backend) {
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("application/problem+json"), "{out}");
+}
+
+pub async fn a_declared_length_over_the_limit_is_413_before_any_body_is_read(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (app, key) = TestApp::with_creator(b).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Declares 600 KiB and sends none of it: the answer cannot wait for it.
+    let req = format!(
+        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        600 * 1024
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let out = String::from_utf8_lossy(&buf[..n]);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert!(out.contains("application/problem+json"), "{out}");
 }
 
