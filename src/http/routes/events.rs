@@ -26,6 +26,8 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/events", post(create_event).route_layer(auth()))
         .route("/inbox", get(list_inbox).route_layer(auth()))
+        // The path clients of the original service call.
+        .route("/events/inbox", get(list_inbox).route_layer(auth()))
         .route(
             "/events/{id}",
             get(get_event).delete(ack_event).route_layer(auth()),

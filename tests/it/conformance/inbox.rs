@@ -324,3 +324,44 @@ pub async fn a_page_ends_early_at_its_byte_bound_with_a_cursor_and_at_least_one_
     assert_eq!(seen, created, "every event once, in order");
     assert_eq!(sizes, vec![3, 3, 3, 1, 2], "pages cut by bytes: {sizes:?}");
 }
+
+pub async fn clients_of_the_original_service_work_unchanged(b: Backend) {
+    let (app, key) = TestApp::with_creator(b).await;
+    let mut created = Vec::new();
+    for i in 0..3 {
+        created.push(
+            app.create_event(&key, &json!({"event_type": "t", "payload": {"i": i}}))
+                .await,
+        );
+    }
+    // GET /events/inbox is /inbox, with limit and cursor.
+    let first = page(&app, &key, "").await;
+    let p1 = {
+        let resp = app.get("/events/inbox?limit=2", &key).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()
+    };
+    assert_eq!(ids(&p1), created[..2]);
+    let cursor = p1["pagination"]["next_cursor"].as_str().unwrap();
+    let resp = app
+        .get(&format!("/events/inbox?limit=2&cursor={cursor}"), &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ids(&resp.json::<Value>().await.unwrap()), created[2..]);
+    assert_eq!(ids(&first), created);
+    // ?timestamp= on event routes is accepted (and ignored).
+    let ts = "timestamp=2024-01-01T00:00:00Z";
+    let resp = app
+        .get(&format!("/events/{}?{ts}", created[0]), &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = app
+        .delete(&format!("/events/{}?{ts}", created[0]), &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+}

@@ -111,6 +111,7 @@ suite! {
     inbox::the_inbox_is_read_your_writes,
     inbox::an_account_sees_only_its_own_inbox,
     inbox::a_page_ends_early_at_its_byte_bound_with_a_cursor_and_at_least_one_event,
+    inbox::clients_of_the_original_service_work_unchanged,
 
     snapshots::every_error_body_matches_its_snapshot,
 }
