@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod client;
 mod conformance;
 mod dynamodb_store;
 mod fixtures;
