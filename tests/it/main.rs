@@ -10,6 +10,7 @@
 mod cli;
 mod client;
 mod conformance;
+mod deploy;
 mod dynamodb_store;
 mod fixtures;
 mod props;
