@@ -4,8 +4,10 @@
 //! is a GetItem or a strongly consistent Query; ingest (with its dedup) and
 //! ack are each one TransactWriteItems. No SDK type leaves this module: every
 //! SDK error becomes a [`StoreError`] with the SDK error boxed as its source.
+//! The tables themselves (keys, index, TTL) and their creation: [`schema`].
 
 mod item;
+pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -20,13 +22,10 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, KeySchemaElement,
-    KeyType, LocalSecondaryIndex, Projection, ProjectionType, Put, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem, Update,
+    AttributeValue, CancellationReason, Delete, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, Select, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
@@ -310,8 +309,8 @@ impl DynamoStore {
             .build();
         Ok(DynamoStore {
             client: Client::from_conf(conf),
-            events: format!("{}-events", cfg.table_prefix),
-            keys: format!("{}-keys", cfg.table_prefix),
+            events: schema::EVENTS.table_name(&cfg.table_prefix),
+            keys: schema::KEYS.table_name(&cfg.table_prefix),
             budget,
             counter,
         })
@@ -326,132 +325,6 @@ impl DynamoStore {
     /// included, by operation name (e.g. `"TransactWriteItems"`).
     pub fn request_counts(&self) -> BTreeMap<String, u64> {
         self.counter.0.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// Creates both tables if missing, waits until they are ACTIVE and
-    /// enables TTL on the `ttl` attribute. Idempotent; not bounded by the
-    /// request budget (creating a table takes seconds on AWS), but by 5 min.
-    pub async fn create_tables(&self) -> Result<(), StoreError> {
-        let work = async {
-            self.create_table(&self.events, true).await?;
-            self.create_table(&self.keys, false).await?;
-            self.wait_active(&self.events).await?;
-            self.wait_active(&self.keys).await?;
-            self.enable_ttl(&self.events).await
-        };
-        match tokio::time::timeout(Duration::from_secs(300), work).await {
-            Ok(r) => r,
-            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
-        }
-    }
-
-    async fn create_table(&self, name: &str, events: bool) -> Result<(), StoreError> {
-        let attr = |n: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(StoreError::internal)
-        };
-        let key = |n: &str, t: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(n)
-                .key_type(t)
-                .build()
-                .map_err(StoreError::internal)
-        };
-        let mut req = self
-            .client
-            .create_table()
-            .table_name(name)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr(PK)?)
-            .key_schema(key(PK, KeyType::Hash)?);
-        if events {
-            // The LSI makes the per-type inbox a strongly consistent Query;
-            // KEYS_ONLY: the rest is fetched from the item in the same call.
-            let by_type = LocalSecondaryIndex::builder()
-                .index_name(item::BY_TYPE_INDEX)
-                .key_schema(key(PK, KeyType::Hash)?)
-                .key_schema(key(TSK, KeyType::Range)?)
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
-                .build()
-                .map_err(StoreError::internal)?;
-            req = req
-                .attribute_definitions(attr(SK)?)
-                .attribute_definitions(attr(TSK)?)
-                .key_schema(key(SK, KeyType::Range)?)
-                .local_secondary_indexes(by_type);
-        }
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(CreateTableError::ResourceInUseException(_))
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_err(e)),
-        }
-    }
-
-    async fn wait_active(&self, name: &str) -> Result<(), StoreError> {
-        loop {
-            let out = self
-                .client
-                .describe_table()
-                .table_name(name)
-                .send()
-                .await
-                .map_err(sdk_err)?;
-            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn enable_ttl(&self, name: &str) -> Result<(), StoreError> {
-        let out = self
-            .client
-            .describe_time_to_live()
-            .table_name(name)
-            .send()
-            .await
-            .map_err(sdk_err)?;
-        if let Some(d) = out.time_to_live_description() {
-            let on = matches!(
-                d.time_to_live_status(),
-                Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
-            );
-            if on && d.attribute_name() == Some(TTL) {
-                return Ok(());
-            }
-        }
-        let spec = TimeToLiveSpecification::builder()
-            .enabled(true)
-            .attribute_name(TTL)
-            .build()
-            .map_err(StoreError::internal)?;
-        match self
-            .client
-            .update_time_to_live()
-            .table_name(name)
-            .time_to_live_specification(spec)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            // A concurrent create-tables enabled it first.
-            Err(e) if e.message().is_some_and(|m| m.contains("already enabled")) => Ok(()),
-            Err(e) => Err(sdk_err(e)),
-        }
     }
 
     /// Cuts `work` at the budget: a call never hangs, whatever it does.

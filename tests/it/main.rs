@@ -8,7 +8,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod client;
 mod conformance;
+mod deploy;
 mod dynamodb_store;
 mod fixtures;
 mod hardening;
