@@ -24,7 +24,7 @@ test: ## everything CI checks: fmt, clippy, unit + conformance (SQLite and Dynam
 
 test-quick: ## the test suite against SQLite only (no emulator; DynamoDB tests are excluded, loudly)
 	$(CARGO) test -- --skip conformance::dynamodb:: --skip dynamodb_store:: \
-	  --skip works_on_dynamodb --skip unreachable_dynamodb
+	  --skip works_on_dynamodb --skip unreachable_dynamodb --skip deploy::dynamodb::
 
 lint: fmt clippy ## formatting and lints
 
@@ -76,7 +76,7 @@ lint-deploy: tools ## cfn-lint the template, hadolint the Dockerfile, validate d
 
 # Stripped, without the debug info the release profile keeps for profiling
 # (93 MB -> a fraction; less to load at a cold start).
-lambda-build: tools ## the Lambda zip (arm64): target/lambda/triggers-api/bootstrap.zip
+lambda-build: tools ## the Lambda zip (arm64): target/lambda/bootstrap/bootstrap.zip
 	PATH="$(abspath $(TOOLS_VENV))/bin:$$PATH" \
 	  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-	  $(CARGO) lambda build --release --arm64 --bin triggers-api --output-format zip
+	  $(CARGO) lambda build --release --arm64 --features lambda --bin bootstrap --output-format zip

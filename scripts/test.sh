@@ -23,6 +23,12 @@ step "load-test crate: clippy -D warnings, unit tests"
 cargo clippy -p triggers-loadtest --all-targets -- -D warnings
 cargo test -p triggers-loadtest
 
+step "deploy files: cfn-lint, hadolint, compose schema (make lint-deploy)"
+make --no-print-directory lint-deploy
+
+step "the Lambda entry compiles (cargo clippy --features lambda --bin bootstrap)"
+cargo clippy --features lambda --bin bootstrap -- -D warnings
+
 stop_emulator=0
 cleanup() {
     if [[ $stop_emulator == 1 ]]; then scripts/dynamodb-local.sh stop || true; fi

@@ -239,7 +239,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIGGERS_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
     /// DynamoDB: create the tables at start if they are missing.
-    #[arg(long, env = "TRIGGERS_CREATE_TABLES")]
+    #[arg(long, env = "TRIGGERS_CREATE_TABLES",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub create_tables: bool,
     /// An inbox page ends early before the event that would take it past
     /// this many bytes of payload, metadata, type and source (every page
