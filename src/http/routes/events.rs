@@ -41,9 +41,16 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// The body of POST /events (documentation of the accepted shape).
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateEventRequest {
-    /// 1–255 characters, no control characters.
-    #[schema(min_length = 1, max_length = 255)]
+    /// 1–255 characters, no control characters (Unicode category Cc, as the
+    /// pattern says).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     event_type: String,
     /// Any JSON object, kept exactly as sent; at most 256 KiB. The whole
     /// request may nest at most 128 levels deep.
@@ -127,7 +134,8 @@ pub async fn create_event(
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Most events per page (default 50). A page also ends early, with has_more true, before the event that would take its events past max_page_bytes (default 1 MiB of payload, metadata, type and source text); every page holds at least one event."),
         ("cursor" = Option<String>, Query, description = "next_cursor from the previous page"),
-        ("event_type" = Option<String>, Query, description = "Only events of this type"),
+        ("event_type" = Option<String>, Query, min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+         description = "Only events of this type (1–255 characters, no control characters)"),
     ),
     security(("bearer" = []), ("api_key" = [])),
     responses(
