@@ -4,7 +4,7 @@ CARGO ?= cargo
 STORE ?= sqlite://./data/triggers.db
 BIND  ?= 127.0.0.1:8080
 
-.PHONY: help run build key test test-quick lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
+.PHONY: help run build key test test-quick test-localstack lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ test: ## everything CI checks: fmt, clippy, unit + conformance (SQLite and Dynam
 test-quick: ## the test suite against SQLite only (no emulator; DynamoDB tests are excluded, loudly)
 	$(CARGO) test -- --skip conformance::dynamodb:: --skip dynamodb_store:: \
 	  --skip works_on_dynamodb --skip unreachable_dynamodb --skip deploy::dynamodb::
+
+test-localstack: ## the DynamoDB tests on LocalStack started by testcontainers (needs a Docker engine)
+	TRIGGERS_TEST_DYNAMODB=localstack TRIGGERS_TEST_DYNAMODB_ENDPOINT= \
+	  $(CARGO) test -- conformance::dynamodb:: dynamodb_store:: deploy::dynamodb::
 
 lint: fmt clippy ## formatting and lints
 

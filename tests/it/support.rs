@@ -80,8 +80,8 @@ pub mod dynamodb {
     //! Where the DynamoDB for tests comes from, in this order: the explicit
     //! endpoint variable `TRIGGERS_TEST_DYNAMODB_ENDPOINT` (what `make test`
     //! sets after starting AWS DynamoDB Local); else a Docker engine via
-    //! testcontainers (DynamoDB Local module). Neither → the test fails, it
-    //! never skips.
+    //! testcontainers: LocalStack when `TRIGGERS_TEST_DYNAMODB=localstack`,
+    //! DynamoDB Local otherwise. Neither → the test fails, it never skips.
 
     use std::sync::Arc;
     use std::time::Duration;
@@ -108,8 +108,22 @@ pub mod dynamodb {
         }
     }
 
+    pub const KIND_VAR: &str = "TRIGGERS_TEST_DYNAMODB";
+
     async fn from_docker() -> Option<String> {
         use testcontainers::runners::AsyncRunner;
+        use testcontainers::ImageExt;
+        if std::env::var(KIND_VAR).as_deref() == Ok("localstack") {
+            use testcontainers_modules::localstack::LocalStack;
+            let container = LocalStack::default()
+                .with_env_var("SERVICES", "dynamodb")
+                .start()
+                .await
+                .ok()?;
+            let port = container.get_host_port_ipv4(4566).await.ok()?;
+            Box::leak(Box::new(container));
+            return Some(format!("http://127.0.0.1:{port}"));
+        }
         use testcontainers_modules::dynamodb_local::DynamoDb;
         let container = DynamoDb::default().start().await.ok()?;
         let port = container.get_host_port_ipv4(8000).await.ok()?;
@@ -132,8 +146,8 @@ pub mod dynamodb {
                 }
                 panic!(
                     "no DynamoDB for the DynamoDB tests: set {ENDPOINT_VAR} to a DynamoDB \
-                     endpoint, run a Docker engine, or run `make test`, which starts AWS \
-                     DynamoDB Local itself"
+                     endpoint, run a Docker engine (with {KIND_VAR}=localstack for \
+                     LocalStack), or run `make test`, which starts AWS DynamoDB Local itself"
                 )
             })
             .await
