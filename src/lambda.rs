@@ -55,6 +55,7 @@ fn init_logging() {
 
 /// Runs the Lambda function until the runtime stops it.
 pub async fn run() -> Result<(), lambda_http::Error> {
+    let started = std::time::Instant::now();
     init_logging();
     let store_args = Cli::try_parse_from(["bootstrap"])?.store;
     let serve_args = ServeArgs::from_env()?;
@@ -62,5 +63,10 @@ pub async fn run() -> Result<(), lambda_http::Error> {
     let settings = Settings::new(&store_args, &serve_args);
     let state = AppState::new(store, Arc::new(SystemClock), settings).await?;
     let app = crate::http::app(state).layer(from_fn(client_addr));
+    tracing::info!(
+        init_ms = started.elapsed().as_secs_f64() * 1000.0,
+        store = %crate::startup::store_url_text(&store_args.store),
+        "function initialised"
+    );
     lambda_http::run(app).await
 }
