@@ -1,4 +1,4 @@
-//! The HTTP conformance suite: every row of SPEC.md, over real HTTP, run
+//! The HTTP conformance suite: every rule of docs/api.md, over real HTTP, run
 //! unchanged against each backend. Each case is `async fn(Backend)`; the
 //! `suite!` macro instantiates it as `sqlite::<name>` and `dynamodb::<name>`.
 
