@@ -181,9 +181,39 @@ fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// Settings of an embedded store; `Default` is what [`SqliteStore::open`] uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// A disk budget for the database file, in bytes (`None`: no limit but
+    /// the disk's). Enforced by SQLite (`PRAGMA max_page_count`, rounded down
+    /// to whole pages) on this store's writes: a write that would grow the
+    /// file past it fails with `StoreError::Unavailable` and writes nothing,
+    /// while reads, acknowledgements and purges keep working (freed pages are
+    /// reused). It counts the main database file only, not the WAL (which
+    /// checkpoints keep short) and not writes by other processes (the `keys`
+    /// CLI) that open the file without it. A budget below the file's current
+    /// size holds it at that size.
+    pub max_db_bytes: Option<u64>,
+}
+
+impl SqliteOptions {
+    /// With a disk budget of `bytes` for the database file.
+    pub fn max_db_bytes(mut self, bytes: u64) -> Self {
+        self.max_db_bytes = Some(bytes);
+        self
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and its folder.
+    /// Opens (creating if needed) the database file and its folder, with the
+    /// default options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the database file and its folder.
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(StoreError::unavailable)?;
         }
@@ -205,6 +235,18 @@ impl SqliteStore {
         tx.commit().map_err(map_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
             .map_err(map_err)?;
+        if let Some(bytes) = options.max_db_bytes {
+            let page_size: u64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+                .map_err(map_err)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { what: "page size" })?;
+            // Only the writer connection writes pages, so only it needs the
+            // limit. SQLite keeps it at least the current page count.
+            let pages = i64::try_from((bytes / page_size.max(1)).max(1)).unwrap_or(i64::MAX);
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(map_err)?;
+        }
 
         let (jobs, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
