@@ -132,7 +132,24 @@ fn map_ref(e: &rusqlite::Error) -> StoreError {
     }
 }
 
-type Completion = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+/// SQLite rolled a group's transaction back by itself part-way through it
+/// (it may on SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM or SQLITE_BUSY); the
+/// cause is logged with the job that hit it.
+#[derive(Debug, thiserror::Error)]
+#[error("sqlite rolled the transaction back (disk full, I/O error, out of memory or busy)")]
+struct RolledBack;
+
+/// How the transaction a job ran in ended.
+enum End<'a> {
+    /// Committed and durable.
+    Committed,
+    /// COMMIT failed with this error (the outcome may be unknown).
+    Failed(&'a rusqlite::Error),
+    /// Rolled back by SQLite itself: nothing the job wrote is on disk.
+    RolledBack,
+}
+
+type Completion = Box<dyn FnOnce(End<'_>) + Send>;
 type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Completion + Send>;
 
 pub struct SqliteStore {
@@ -285,10 +302,15 @@ impl SqliteStore {
                 }
             };
             let result = in_savepoint(conn, f);
-            Box::new(move |commit| {
-                let _ = tx.send(match commit {
-                    Ok(()) => result,
-                    Err(e) => Err(map_ref(e)),
+            Box::new(move |end| {
+                let _ = tx.send(match end {
+                    End::Committed => result,
+                    End::Failed(e) => Err(map_ref(e)),
+                    // A job that failed wrote nothing either way: its own
+                    // error stands. One that succeeded was undone.
+                    End::RolledBack => {
+                        result.and_then(|_| Err(StoreError::unavailable(RolledBack)))
+                    }
                 });
             })
         });
@@ -325,30 +347,51 @@ impl SqliteStore {
     }
 }
 
+/// Runs `f` in a savepoint of the writer's open transaction: on error, what
+/// `f` wrote is undone and the rest of the group goes on. If SQLite rolls the
+/// whole transaction back meanwhile (see [`RolledBack`]), the writer notices
+/// (`is_autocommit`) and answers the group accordingly.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    // Outside a transaction, SAVEPOINT would begin one of its own and RELEASE
+    // would commit it, apart from the group and its answers.
+    if conn.is_autocommit() {
+        return Err(StoreError::internal(
+            "sqlite write job outside the group transaction",
+        ));
+    }
     conn.execute_batch("SAVEPOINT job").map_err(map_err)?;
-    match f(conn) {
-        Ok(v) => {
-            conn.execute_batch("RELEASE job").map_err(map_err)?;
-            Ok(v)
-        }
-        Err(e) => {
-            if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
-                tracing::error!(
-                    error = &rb as &dyn std::error::Error,
-                    "savepoint rollback failed"
-                );
-            }
-            Err(e)
+    let result = f(conn).and_then(|v| {
+        conn.execute_batch("RELEASE job")
+            .map(|()| v)
+            .map_err(map_err)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+            // The job's writes may still be in the transaction: give it up
+            // whole rather than commit them under an error answer.
+            tracing::error!(
+                error = &rb as &dyn std::error::Error,
+                "savepoint rollback failed; rolling back the group"
+            );
+            let _ = conn.execute_batch("ROLLBACK");
         }
     }
+    result
 }
 
+/// Group commit: every waiting job (up to `MAX_BATCH`) runs in its own
+/// savepoint of one transaction, then one COMMIT (one fsync) and only then
+/// the answers. Should SQLite roll that transaction back by itself part-way
+/// (disk full, I/O error, ...), every job run in it so far is answered with
+/// an error — none of it is on disk — and the rest of the group continues in
+/// a new transaction, so no job ever runs, or commits, outside a transaction
+/// whose outcome its answer reports.
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut ran: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -357,21 +400,42 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
-            for job in batch.drain(..) {
-                // The job answered its caller with the error; nothing to complete.
-                let _ = job(Err(&e));
+        let mut jobs = batch.drain(..);
+        while let Some(job) = jobs.next() {
+            if conn.is_autocommit() {
+                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
+                    // Each job answers its caller with the error; nothing to complete.
+                    let _ = job(Err(&e));
+                    jobs.by_ref().for_each(|job| drop(job(Err(&e))));
+                    break;
+                }
             }
+            let completion = job(Ok(&conn));
+            if conn.is_autocommit() {
+                tracing::error!(
+                    writes = ran.len() + 1,
+                    "sqlite rolled back a group commit by itself; answering its writes with an error"
+                );
+                ran.drain(..)
+                    .chain(std::iter::once(completion))
+                    .for_each(|c| c(End::RolledBack));
+            } else {
+                ran.push(completion);
+            }
+        }
+        drop(jobs);
+        if ran.is_empty() {
             continue;
         }
-        let completions: Vec<Completion> = batch.drain(..).map(|job| job(Ok(&conn))).collect();
         match conn.execute_batch("COMMIT") {
-            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Ok(()) => ran.drain(..).for_each(|c| c(End::Committed)),
             Err(e) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "sqlite COMMIT failed");
-                let _ = conn.execute_batch("ROLLBACK");
-                completions.into_iter().for_each(|c| c(Err(&e)));
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                ran.drain(..).for_each(|c| c(End::Failed(&e)));
             }
         }
     }

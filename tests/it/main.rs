@@ -13,4 +13,5 @@ mod dynamodb_store;
 mod fixtures;
 mod props;
 mod resilience;
+mod sqlite_store;
 mod support;
