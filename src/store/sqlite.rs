@@ -12,10 +12,24 @@
 //!
 //! WAL checkpoints (copying committed pages from the WAL into the database
 //! file, then fsyncing it) run on a background thread of their own, not
-//! inline in the writer after a commit, so the group-commit pipeline never
-//! waits for one. They do not affect durability: a commit is durable once
-//! its WAL frames are fsynced. The writer keeps SQLite's automatic
-//! checkpoint as a backstop at a larger WAL size.
+//! inline in the writer after a commit, so the group-commit pipeline does
+//! not wait for the bulk of that work. They do not affect durability: a
+//! commit is durable once its WAL frames are fsynced.
+//!
+//! The WAL must also be *restarted* (written again from its beginning) now
+//! and then, or it grows without bound. SQLite restarts it only when a
+//! write transaction begins while every frame in it has been copied, which
+//! a background checkpoint never achieves under a steady stream of commits
+//! (new frames arrive while it copies). So the WAL grows until SQLite's
+//! automatic checkpoint in the writer (at `WRITER_AUTOCHECKPOINT_PAGES`)
+//! copies what is left, inline, after a commit; the next group then
+//! restarts it. Every group waits for that copy and the database fsync that
+//! ends it, so it must be small: the background checkpointer therefore runs
+//! every `CHECKPOINT_EVERY` (10 ms) while commits keep coming, leaving at
+//! most a few milliseconds of frames for the writer. (At 200 ms it left up
+//! to 200 ms of frames — ~5 WAL pages per 1 KiB event, tens of MiB under
+//! load — and that inline copy was the largest source of POST tail latency;
+//! see docs/performance.md, "Tail latency".)
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,10 +55,14 @@ const READERS_KEPT: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const PURGE_CHUNK: i64 = 5000;
 const SCHEMA_VERSION: i64 = 1;
-/// How often the background checkpointer runs a passive checkpoint.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// The writer's own automatic checkpoint, in WAL pages: only a backstop
-/// should the background checkpointer fall behind (SQLite's default is 1000).
+/// How often the background checkpointer runs a passive checkpoint while
+/// the WAL keeps changing: often, so that little is left for the writer's
+/// automatic checkpoint (see the module docs).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(10);
+/// ... and once a pass found nothing new since the previous one.
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
+/// The writer's own automatic checkpoint, in WAL pages (SQLite's default is
+/// 1000): it restarts the WAL, which therefore stays under ~40 MiB.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 const SCHEMA: &str = "
@@ -160,23 +178,45 @@ pub struct SqliteStore {
     _alive: Arc<()>,
 }
 
-/// Passive checkpoints every `CHECKPOINT_EVERY` on a connection of its own,
-/// until the store is dropped. Errors (e.g. busy) are left for the next turn.
+/// `PRAGMA wal_checkpoint(PASSIVE)`: (busy, frames in the WAL, frames
+/// copied into the database file).
+fn passive_checkpoint(conn: &Connection) -> Result<(i64, i64, i64), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
+
+/// Passive checkpoints on a connection of its own, every `CHECKPOINT_EVERY`
+/// while the WAL keeps changing (`CHECKPOINT_IDLE` otherwise), until the
+/// store is dropped. Errors (e.g. busy) are left for the next turn.
 fn checkpoint_loop(path: Arc<Path>, alive: std::sync::Weak<()>) {
     let Ok(conn) = open_conn(&path) else {
         tracing::warn!("sqlite checkpointer could not open the database; the writer's automatic checkpoint remains");
         return;
     };
+    let mut last = (0, 0);
+    let mut pause = CHECKPOINT_IDLE;
     loop {
-        std::thread::sleep(CHECKPOINT_EVERY);
+        std::thread::sleep(pause);
         if alive.upgrade().is_none() {
             return;
         }
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(
-                error = &e as &dyn std::error::Error,
-                "sqlite checkpoint skipped"
-            );
+        match passive_checkpoint(&conn) {
+            Ok((_busy, frames, copied)) => {
+                pause = if (frames, copied) == last {
+                    CHECKPOINT_IDLE
+                } else {
+                    CHECKPOINT_EVERY
+                };
+                last = (frames, copied);
+            }
+            Err(e) => {
+                tracing::debug!(
+                    error = &e as &dyn std::error::Error,
+                    "sqlite checkpoint skipped"
+                );
+                pause = CHECKPOINT_EVERY;
+            }
         }
     }
 }
