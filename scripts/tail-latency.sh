@@ -5,7 +5,8 @@
 # line per request, server stdout to a file). Each run starts two fresh
 # servers, each on a new SQLite store under target/tail-latency/ (on disk,
 # not tmpfs), with a key created by the CLI and the auth cache warmed by one
-# request (the first use of a key runs bcrypt, by design):
+# request (the first use of a key runs bcrypt, ~0.3 s at cost 12, while
+# every connection waits; AUTH_WARMUP=0 leaves that in the cold phase):
 #
 #   cold64    fresh server, POST, 64 connections, the first COLD_SECS (8) s
 #   warm64    second fresh server, after WARMUP_SECS (3) s of POSTs at 64
@@ -15,13 +16,21 @@
 #             the same run: ratio = warm64 POST/s ÷ status64 req/s)
 #
 # and prints, per phase, the median over RUNS (3) runs of p50/p95/p99/max
-# and req/s, with each run's values, plus the load average seen before each
-# run. Results: target/tail-latency/results-LABEL.jsonl (one line per phase
-# and run).
+# and req/s, with each run's values, plus the 1-minute load average after
+# each phase. Results: target/tail-latency/results-LABEL.jsonl (one line per
+# phase and run).
+#
+# wrk 4 corrects its latency histogram for coordinated omission before it
+# reports (stats_correct: a response slower than the run's mean interval
+# per connection also counts as the responses that would have been due
+# meanwhile), so one stall of every connection weighs on p99 far more than
+# its own samples do; the server's access log (latency_ms) does not.
 #
 #   scripts/tail-latency.sh                    # build, 3 runs
 #   RUNS=1 SECS=5 scripts/tail-latency.sh      # quicker
 #   SKIP_BUILD=1 BIN=path/to/triggers-api LABEL=before scripts/tail-latency.sh
+#   BINS="before=/tmp/old-triggers-api after=target/release/triggers-api" \
+#       scripts/tail-latency.sh                # A/B in one sitting: runs alternate
 #   SERVER_ARGS="--purge-interval-secs 60" SERVER_LOG=warn scripts/tail-latency.sh
 #
 # wrk comes from Debian (apt-get install -y wrk, done here when missing).
@@ -43,10 +52,15 @@ if ! command -v wrk >/dev/null; then
     echo "==> installing wrk (Debian package)" >&2
     if [[ $(id -u) -eq 0 ]]; then apt-get install -y wrk >&2; else sudo apt-get install -y wrk >&2; fi
 fi
-[[ -n "${SKIP_BUILD:-}" && -x "$BIN" ]] || cargo build --release --bin triggers-api
+if [[ -z "${BINS:-}" ]]; then
+    [[ -n "${SKIP_BUILD:-}" && -x "$BIN" ]] || cargo build --release --bin triggers-api
+    BINS="$LABEL=$BIN"
+fi
 mkdir -p "$OUT"
-results="$OUT/results-$LABEL.jsonl"
-: >"$results"
+for lb in $BINS; do
+    [[ -x "${lb#*=}" ]] || { echo "not an executable: ${lb#*=}" >&2; exit 2; }
+    : >"$OUT/results-${lb%%=*}.jsonl"
+done
 
 pid=""
 store_dir=""
@@ -79,7 +93,11 @@ start_server() { # log-name
         sleep 0.1
     done
     [[ -n "$url" ]] || { echo "server did not start; see $log" >&2; exit 2; }
-    curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$url/inbox?limit=1"
+    if [[ "${AUTH_WARMUP:-1}" != 0 ]]; then
+        curl -fsS -o /dev/null -H "Authorization: Bearer $key" "$url/inbox?limit=1"
+    else
+        for _ in $(seq 100); do curl -fsS -o /dev/null "$url/status" && break; sleep 0.1; done
+    fi
 }
 
 run_wrk() { # run phase conns secs [post]
@@ -102,19 +120,23 @@ PY
 }
 
 for run in $(seq "$RUNS"); do
-    echo "==> $LABEL run $run/$RUNS, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-    start_server "$LABEL-$run-cold"
-    run_wrk "$run" cold64 64 "$COLD_SECS"
-    stop_server
-    start_server "$LABEL-$run-warm"
-    run_wrk "$run" warmup 64 "$WARMUP_SECS"
-    run_wrk "$run" warm64 64 "$SECS"
-    run_wrk "$run" warm16 16 "$SECS"
-    run_wrk "$run" status64 64 "$SECS" status
-    stop_server
+    for lb in $BINS; do
+        LABEL="${lb%%=*}" BIN="${lb#*=}" results="$OUT/results-${lb%%=*}.jsonl"
+        echo "==> $LABEL run $run/$RUNS, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+        start_server "$LABEL-$run-cold"
+        run_wrk "$run" cold64 64 "$COLD_SECS"
+        stop_server
+        start_server "$LABEL-$run-warm"
+        run_wrk "$run" warmup 64 "$WARMUP_SECS"
+        run_wrk "$run" warm64 64 "$SECS"
+        run_wrk "$run" warm16 16 "$SECS"
+        run_wrk "$run" status64 64 "$SECS" status
+        stop_server
+    done
 done
 
-python3 - "$results" <<'PY'
+for lb in $BINS; do
+python3 - "$OUT/results-${lb%%=*}.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 label = rows[0]["label"]
@@ -139,3 +161,4 @@ for r in runs:
 if ratios:
     print(f"  POST/s (warm64) ÷ GET /status/s (status64): median {statistics.median(ratios):.2f} (" + " / ".join(f"{x:.2f}" for x in ratios) + ")")
 PY
+done
