@@ -12,10 +12,24 @@
 //!
 //! WAL checkpoints (copying committed pages from the WAL into the database
 //! file, then fsyncing it) run on a background thread of their own, not
-//! inline in the writer after a commit, so the group-commit pipeline never
-//! waits for one. They do not affect durability: a commit is durable once
-//! its WAL frames are fsynced. The writer keeps SQLite's automatic
-//! checkpoint as a backstop at a larger WAL size.
+//! inline in the writer after a commit, so the group-commit pipeline does
+//! not wait for the bulk of that work. They do not affect durability: a
+//! commit is durable once its WAL frames are fsynced.
+//!
+//! The WAL must also be *restarted* (written again from its beginning) now
+//! and then, or it grows without bound. SQLite restarts it only when a
+//! write transaction begins while every frame in it has been copied, which
+//! a background checkpoint never achieves under a steady stream of commits
+//! (new frames arrive while it copies). So the WAL grows until SQLite's
+//! automatic checkpoint in the writer (at `WRITER_AUTOCHECKPOINT_PAGES`)
+//! copies what is left, inline, after a commit; the next group then
+//! restarts it. Every group waits for that copy and the database fsync that
+//! ends it, so it must be small: the background checkpointer therefore runs
+//! every `CHECKPOINT_EVERY` (10 ms) while commits keep coming, leaving at
+//! most a few milliseconds of frames for the writer. (At 200 ms it left up
+//! to 200 ms of frames — ~5 WAL pages per 1 KiB event, tens of MiB under
+//! load — and that inline copy was the largest source of POST tail latency;
+//! see docs/performance.md, "Tail latency".)
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,10 +55,14 @@ const READERS_KEPT: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const PURGE_CHUNK: i64 = 5000;
 const SCHEMA_VERSION: i64 = 1;
-/// How often the background checkpointer runs a passive checkpoint.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// The writer's own automatic checkpoint, in WAL pages: only a backstop
-/// should the background checkpointer fall behind (SQLite's default is 1000).
+/// How often the background checkpointer runs a passive checkpoint while
+/// the WAL keeps changing: often, so that little is left for the writer's
+/// automatic checkpoint (see the module docs).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(10);
+/// ... and once a pass found nothing new since the previous one.
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
+/// The writer's own automatic checkpoint, in WAL pages (SQLite's default is
+/// 1000): it restarts the WAL, which therefore stays under ~40 MiB.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 const SCHEMA: &str = "
@@ -132,7 +150,24 @@ fn map_ref(e: &rusqlite::Error) -> StoreError {
     }
 }
 
-type Completion = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+/// SQLite rolled a group's transaction back by itself part-way through it
+/// (it may on SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM or SQLITE_BUSY); the
+/// cause is logged with the job that hit it.
+#[derive(Debug, thiserror::Error)]
+#[error("sqlite rolled the transaction back (disk full, I/O error, out of memory or busy)")]
+struct RolledBack;
+
+/// How the transaction a job ran in ended.
+enum End<'a> {
+    /// Committed and durable.
+    Committed,
+    /// COMMIT failed with this error (the outcome may be unknown).
+    Failed(&'a rusqlite::Error),
+    /// Rolled back by SQLite itself: nothing the job wrote is on disk.
+    RolledBack,
+}
+
+type Completion = Box<dyn FnOnce(End<'_>) + Send>;
 type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Completion + Send>;
 
 pub struct SqliteStore {
@@ -143,23 +178,45 @@ pub struct SqliteStore {
     _alive: Arc<()>,
 }
 
-/// Passive checkpoints every `CHECKPOINT_EVERY` on a connection of its own,
-/// until the store is dropped. Errors (e.g. busy) are left for the next turn.
+/// `PRAGMA wal_checkpoint(PASSIVE)`: (busy, frames in the WAL, frames
+/// copied into the database file).
+fn passive_checkpoint(conn: &Connection) -> Result<(i64, i64, i64), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
+
+/// Passive checkpoints on a connection of its own, every `CHECKPOINT_EVERY`
+/// while the WAL keeps changing (`CHECKPOINT_IDLE` otherwise), until the
+/// store is dropped. Errors (e.g. busy) are left for the next turn.
 fn checkpoint_loop(path: Arc<Path>, alive: std::sync::Weak<()>) {
     let Ok(conn) = open_conn(&path) else {
         tracing::warn!("sqlite checkpointer could not open the database; the writer's automatic checkpoint remains");
         return;
     };
+    let mut last = (0, 0);
+    let mut pause = CHECKPOINT_IDLE;
     loop {
-        std::thread::sleep(CHECKPOINT_EVERY);
+        std::thread::sleep(pause);
         if alive.upgrade().is_none() {
             return;
         }
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(
-                error = &e as &dyn std::error::Error,
-                "sqlite checkpoint skipped"
-            );
+        match passive_checkpoint(&conn) {
+            Ok((_busy, frames, copied)) => {
+                pause = if (frames, copied) == last {
+                    CHECKPOINT_IDLE
+                } else {
+                    CHECKPOINT_EVERY
+                };
+                last = (frames, copied);
+            }
+            Err(e) => {
+                tracing::debug!(
+                    error = &e as &dyn std::error::Error,
+                    "sqlite checkpoint skipped"
+                );
+                pause = CHECKPOINT_EVERY;
+            }
         }
     }
 }
@@ -181,9 +238,39 @@ fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// Settings of an embedded store; `Default` is what [`SqliteStore::open`] uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// A disk budget for the database file, in bytes (`None`: no limit but
+    /// the disk's). Enforced by SQLite (`PRAGMA max_page_count`, rounded down
+    /// to whole pages) on this store's writes: a write that would grow the
+    /// file past it fails with `StoreError::Unavailable` and writes nothing,
+    /// while reads, acknowledgements and purges keep working (freed pages are
+    /// reused). It counts the main database file only, not the WAL (which
+    /// checkpoints keep short) and not writes by other processes (the `keys`
+    /// CLI) that open the file without it. A budget below the file's current
+    /// size holds it at that size.
+    pub max_db_bytes: Option<u64>,
+}
+
+impl SqliteOptions {
+    /// With a disk budget of `bytes` for the database file.
+    pub fn max_db_bytes(mut self, bytes: u64) -> Self {
+        self.max_db_bytes = Some(bytes);
+        self
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and its folder.
+    /// Opens (creating if needed) the database file and its folder, with the
+    /// default options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the database file and its folder.
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(StoreError::unavailable)?;
         }
@@ -205,6 +292,18 @@ impl SqliteStore {
         tx.commit().map_err(map_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
             .map_err(map_err)?;
+        if let Some(bytes) = options.max_db_bytes {
+            let page_size: u64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+                .map_err(map_err)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { what: "page size" })?;
+            // Only the writer connection writes pages, so only it needs the
+            // limit. SQLite keeps it at least the current page count.
+            let pages = i64::try_from((bytes / page_size.max(1)).max(1)).unwrap_or(i64::MAX);
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(map_err)?;
+        }
 
         let (jobs, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
@@ -243,10 +342,15 @@ impl SqliteStore {
                 }
             };
             let result = in_savepoint(conn, f);
-            Box::new(move |commit| {
-                let _ = tx.send(match commit {
-                    Ok(()) => result,
-                    Err(e) => Err(map_ref(e)),
+            Box::new(move |end| {
+                let _ = tx.send(match end {
+                    End::Committed => result,
+                    End::Failed(e) => Err(map_ref(e)),
+                    // A job that failed wrote nothing either way: its own
+                    // error stands. One that succeeded was undone.
+                    End::RolledBack => {
+                        result.and_then(|_| Err(StoreError::unavailable(RolledBack)))
+                    }
                 });
             })
         });
@@ -283,30 +387,51 @@ impl SqliteStore {
     }
 }
 
+/// Runs `f` in a savepoint of the writer's open transaction: on error, what
+/// `f` wrote is undone and the rest of the group goes on. If SQLite rolls the
+/// whole transaction back meanwhile (see [`RolledBack`]), the writer notices
+/// (`is_autocommit`) and answers the group accordingly.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    // Outside a transaction, SAVEPOINT would begin one of its own and RELEASE
+    // would commit it, apart from the group and its answers.
+    if conn.is_autocommit() {
+        return Err(StoreError::internal(
+            "sqlite write job outside the group transaction",
+        ));
+    }
     conn.execute_batch("SAVEPOINT job").map_err(map_err)?;
-    match f(conn) {
-        Ok(v) => {
-            conn.execute_batch("RELEASE job").map_err(map_err)?;
-            Ok(v)
-        }
-        Err(e) => {
-            if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
-                tracing::error!(
-                    error = &rb as &dyn std::error::Error,
-                    "savepoint rollback failed"
-                );
-            }
-            Err(e)
+    let result = f(conn).and_then(|v| {
+        conn.execute_batch("RELEASE job")
+            .map(|()| v)
+            .map_err(map_err)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+            // The job's writes may still be in the transaction: give it up
+            // whole rather than commit them under an error answer.
+            tracing::error!(
+                error = &rb as &dyn std::error::Error,
+                "savepoint rollback failed; rolling back the group"
+            );
+            let _ = conn.execute_batch("ROLLBACK");
         }
     }
+    result
 }
 
+/// Group commit: every waiting job (up to `MAX_BATCH`) runs in its own
+/// savepoint of one transaction, then one COMMIT (one fsync) and only then
+/// the answers. Should SQLite roll that transaction back by itself part-way
+/// (disk full, I/O error, ...), every job run in it so far is answered with
+/// an error — none of it is on disk — and the rest of the group continues in
+/// a new transaction, so no job ever runs, or commits, outside a transaction
+/// whose outcome its answer reports.
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut ran: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -315,21 +440,42 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
-            for job in batch.drain(..) {
-                // The job answered its caller with the error; nothing to complete.
-                let _ = job(Err(&e));
+        let mut jobs = batch.drain(..);
+        while let Some(job) = jobs.next() {
+            if conn.is_autocommit() {
+                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
+                    // Each job answers its caller with the error; nothing to complete.
+                    let _ = job(Err(&e));
+                    jobs.by_ref().for_each(|job| drop(job(Err(&e))));
+                    break;
+                }
             }
+            let completion = job(Ok(&conn));
+            if conn.is_autocommit() {
+                tracing::error!(
+                    writes = ran.len() + 1,
+                    "sqlite rolled back a group commit by itself; answering its writes with an error"
+                );
+                ran.drain(..)
+                    .chain(std::iter::once(completion))
+                    .for_each(|c| c(End::RolledBack));
+            } else {
+                ran.push(completion);
+            }
+        }
+        drop(jobs);
+        if ran.is_empty() {
             continue;
         }
-        let completions: Vec<Completion> = batch.drain(..).map(|job| job(Ok(&conn))).collect();
         match conn.execute_batch("COMMIT") {
-            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Ok(()) => ran.drain(..).for_each(|c| c(End::Committed)),
             Err(e) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "sqlite COMMIT failed");
-                let _ = conn.execute_batch("ROLLBACK");
-                completions.into_iter().for_each(|c| c(Err(&e)));
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                ran.drain(..).for_each(|c| c(End::Failed(&e)));
             }
         }
     }
