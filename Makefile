@@ -4,7 +4,7 @@ CARGO ?= cargo
 STORE ?= sqlite://./data/triggers.db
 BIND  ?= 127.0.0.1:8080
 
-.PHONY: help run build key test test-quick test-localstack lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
+.PHONY: help run build key tail test test-quick test-localstack lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ loadtest: ## goose load test against a server it starts itself (see docs/perform
 
 hotpath: ## issue 4's hot-path plan (status, ingest, ingest+inbox) with the lean client, 3 runs, medians
 	scripts/perf-runs.sh hotpath-lean --scenario hotpath --engine lean --users 32 --run-time 10
+
+tail: ## POST /events tail latency with wrk (cold/warm 64, warm 16 conns, /status), 3 runs, medians
+	scripts/tail-latency.sh
 
 dynamodb-local: ## start AWS DynamoDB Local on a free port; prints the endpoint
 	scripts/dynamodb-local.sh install

@@ -190,6 +190,12 @@ pub struct StoreArgs {
     #[arg(long, global = true, env = "TRIGGERS_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+    /// SQLite only: a disk budget for the database file, in bytes; a write
+    /// that would grow it past the budget answers 503 (and /status turns
+    /// degraded) instead of filling the disk. Unset: no limit but the disk's.
+    #[arg(long, global = true, env = "TRIGGERS_SQLITE_MAX_DB_BYTES",
+          value_parser = clap::value_parser!(u64).range(65536..))]
+    pub sqlite_max_db_bytes: Option<u64>,
     /// Requests per minute for keys created without --rate-limit.
     #[arg(long, global = true, env = "TRIGGERS_DEFAULT_RATE_LIMIT", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
