@@ -1149,6 +1149,44 @@ impl Store for DynamoStore {
             .await
     }
 
+    async fn lease(
+        &self,
+        _account: &AccountId,
+        _req: &crate::store::LeaseRequest,
+    ) -> Result<Vec<Event>, StoreError> {
+        Err(StoreError::Internal(Box::new(Message("not yet"))))
+    }
+
+    async fn ack_leased(
+        &self,
+        _account: &AccountId,
+        _lease_id: &crate::domain::LeaseId,
+        _event_ids: Option<&[EventId]>,
+        _now: DateTime<Utc>,
+        _delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<crate::store::Settled>, StoreError> {
+        Err(StoreError::Internal(Box::new(Message("not yet"))))
+    }
+
+    async fn release_leased(
+        &self,
+        _account: &AccountId,
+        _lease_id: &crate::domain::LeaseId,
+        _event_ids: Option<&[EventId]>,
+        _delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<crate::store::Settled>, StoreError> {
+        Err(StoreError::Internal(Box::new(Message("not yet"))))
+    }
+
+    async fn requeue(
+        &self,
+        _account: &AccountId,
+        _event_id: &EventId,
+        _delivered_cutoff: DateTime<Utc>,
+    ) -> Result<crate::store::RequeueOutcome, StoreError> {
+        Err(StoreError::Internal(Box::new(Message("not yet"))))
+    }
+
     /// DynamoDB's TTL deletes delivered events and dedup records (the `ttl`
     /// attribute); reads already hide what is past its cutoff. Nothing to do.
     async fn purge(

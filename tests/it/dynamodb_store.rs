@@ -18,8 +18,8 @@ use triggers_api::domain::{
 };
 use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
 use triggers_api::store::{
-    AckOutcome, Dedup, Fingerprint, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
-    StoreError,
+    AckOutcome, Dedup, Fingerprint, InboxQuery, InboxState, Inserted, KeyChange, NewEvent,
+    Position, Store, StoreError,
 };
 
 const WINDOW: Duration = Duration::from_secs(300);
@@ -149,6 +149,7 @@ async fn walk(
                 &InboxQuery {
                     after: after.clone(),
                     event_type: t.map(etype),
+                    state: InboxState::Inbox,
                     limit,
                     max_bytes: usize::MAX,
                 },
@@ -224,6 +225,7 @@ async fn every_event_field_round_trips_exactly() {
             &InboxQuery {
                 after: None,
                 event_type: None,
+                state: InboxState::Inbox,
                 limit: 200,
                 max_bytes: usize::MAX,
             },
@@ -243,6 +245,7 @@ async fn every_event_field_round_trips_exactly() {
             &InboxQuery {
                 after: None,
                 event_type: Some(etype(&"é".repeat(255))),
+                state: InboxState::Inbox,
                 limit: 200,
                 max_bytes: usize::MAX,
             },
@@ -903,6 +906,7 @@ async fn exercise_unavailable(store: &DynamoStore, budget: Duration) {
     let query = InboxQuery {
         after: None,
         event_type: None,
+        state: InboxState::Inbox,
         limit: 10,
         max_bytes: usize::MAX,
     };
@@ -1023,6 +1027,7 @@ async fn request_counts_per_operation() {
     let q = InboxQuery {
         after: None,
         event_type: None,
+        state: InboxState::Inbox,
         limit: 50,
         max_bytes: usize::MAX,
     };
@@ -1033,6 +1038,7 @@ async fn request_counts_per_operation() {
     let q = InboxQuery {
         after: None,
         event_type: Some(etype("t")),
+        state: InboxState::Inbox,
         limit: 50,
         max_bytes: usize::MAX,
     };

@@ -12,7 +12,7 @@ use triggers_api::config::Settings;
 use triggers_api::domain::fingerprint::{canonical_form, fingerprint};
 use triggers_api::domain::{AccountId, EventId, EventType};
 use triggers_api::service::CreateEvent;
-use triggers_api::store::{Fingerprint, InboxQuery, Position};
+use triggers_api::store::{Fingerprint, InboxQuery, InboxState, Position};
 use triggers_api::AppState;
 
 use crate::support::{test_store, Backend, TestStore};
@@ -106,7 +106,7 @@ proptest! {
             let mut done = false;
             let event_type = filter.map(|f| EventType::parse(TYPES[f]).unwrap());
             let page = |limit: u32, after: Option<Position>| {
-                let q = InboxQuery { after, event_type: event_type.clone(), limit, max_bytes: usize::MAX };
+                let q = InboxQuery { after, event_type: event_type.clone(), state: InboxState::Inbox, limit, max_bytes: usize::MAX };
                 let svc = svc.clone();
                 let account = account.clone();
                 async move { svc.inbox(&account, &q).await.unwrap() }

@@ -40,6 +40,13 @@ pub(crate) const A_PART: &str = "part";
 pub(crate) const A_TS: &str = "ts";
 /// Milliseconds since the epoch; absent while undelivered.
 pub(crate) const A_DELIVERED_AT: &str = "da";
+/// Times leased (inbox and quarantine entries; absent: 0).
+pub(crate) const A_LEASE_COUNT: &str = "lc";
+/// End of the latest lease, epoch milliseconds (absent: never leased, or
+/// released, or requeued).
+pub(crate) const A_LEASED_UNTIL: &str = "lu";
+/// The lease holding the entry (absent: none).
+pub(crate) const A_LEASE_ID: &str = "lid";
 
 // Key attributes (keys table; its partition key is `pk` = key id).
 pub(crate) const K_ACCOUNT: &str = "acct";
@@ -75,6 +82,14 @@ pub(crate) fn event_pk(account: &AccountId, id: &EventId) -> String {
 /// `IN#{account}`: the account's inbox partition (undelivered events only).
 pub(crate) fn inbox_pk(account: &AccountId) -> String {
     format!("IN#{account}")
+}
+
+pub(crate) const QUARANTINE_PREFIX: &str = "QU#";
+
+/// `QU#{account}`: the account's quarantine partition (undelivered,
+/// quarantined events; the same items as the inbox's).
+pub(crate) fn quarantine_pk(account: &AccountId) -> String {
+    format!("{QUARANTINE_PREFIX}{account}")
 }
 
 /// The inbox sort key: the hyphenated lowercase UUIDv7, whose byte order is
@@ -384,6 +399,8 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
         JsonObject::from_json_text(metadata_text).map_err(|_| corrupt("event.metadata"))?;
     let timestamp = get_ms(item, A_TS, "event.timestamp")?;
     let delivered_at = get_opt_ms(item, A_DELIVERED_AT, "event.delivered_at")?;
+    let lease_count = get_opt_n(item, A_LEASE_COUNT, "event.lease_count")?.unwrap_or(0);
+    let quarantined = get_s(item, PK, "event key")?.starts_with(QUARANTINE_PREFIX);
     Ok(Event {
         event_id,
         account,
@@ -394,6 +411,9 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
         timestamp,
         delivered: delivered_at.is_some(),
         delivered_at,
+        lease_count: u32::try_from(lease_count).map_err(|_| corrupt("event.lease_count"))?,
+        leased_until: get_opt_ms(item, A_LEASED_UNTIL, "event.leased_until")?,
+        quarantined,
     })
 }
 
