@@ -123,6 +123,10 @@ impl AppState {
             limit: params.limit.clamp(1, LeaseParams::MAX_LIMIT),
             now,
             leased_until: now + lease_for,
+            forget_after: chrono::Duration::from_std(self.settings.delivered_retention)
+                .ok()
+                .and_then(|keep| (now + lease_for).checked_add_signed(keep))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
             max_leases: self.settings.max_leases.max(1),
             max_bytes: self.settings.max_page_bytes,
         };

@@ -140,6 +140,11 @@ pub struct LeaseRequest {
     pub now: DateTime<Utc>,
     /// When the new lease ends (`now` + the lease's duration).
     pub leased_until: DateTime<Utc>,
+    /// When the lease record may go (`leased_until` + the delivered
+    /// retention); reads already treat it as unknown once
+    /// `leased_until <= delivered_cutoff`. For stores that expire records
+    /// by TTL.
+    pub forget_after: DateTime<Utc>,
     /// The lease that brings an event's `lease_count` to this value
     /// quarantines it (at least 1).
     pub max_leases: u32,
