@@ -229,12 +229,16 @@ pub struct Event {
 
 impl Event {
     /// The event as the API shows it at `now`: a lease that has ended, or
-    /// one of a delivered event, is no lease (`leased_until` null). Stores
-    /// keep the end of the latest lease; whether it is still running is a
-    /// question of the time of the request.
+    /// one of a delivered event, is no lease (`leased_until` null), and a
+    /// delivered event is out of quarantine. Stores keep the end of the
+    /// latest lease; whether it is still running is a question of the time
+    /// of the request.
     pub fn as_of(mut self, now: DateTime<Utc>) -> Self {
         if self.delivered || self.leased_until.is_some_and(|t| t <= now) {
             self.leased_until = None;
+        }
+        if self.delivered {
+            self.quarantined = false;
         }
         self
     }

@@ -495,20 +495,11 @@ fn available_seqs(
     now: i64,
     limit: i64,
 ) -> Result<Vec<i64>, StoreError> {
-    let type_clause = if event_type.is_some() {
-        "AND event_type = ?4"
-    } else {
-        ""
-    };
     let mut seqs = Vec::new();
-    for range in ["leased_until_ms = 0", "leased_until_ms BETWEEN 1 AND ?3"] {
-        let sql = format!(
-            "SELECT seq FROM events WHERE account = ?1 {type_clause} \
-             AND delivered_at_ms IS NULL AND quarantined = 0 AND {range} \
-             ORDER BY seq LIMIT ?2"
-        );
+    for ended in [false, true] {
+        let sql = available_sql(event_type.is_some(), ended);
         let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
-        let mut rows = match (event_type, range.contains("?3")) {
+        let mut rows = match (event_type, ended) {
             (Some(t), true) => stmt.query(params![account.as_str(), limit, now, t.as_str()]),
             (Some(t), false) => {
                 stmt.query(params![account.as_str(), limit, None::<i64>, t.as_str()])
@@ -525,6 +516,39 @@ fn available_seqs(
     seqs.dedup();
     seqs.truncate(usize::try_from(limit).unwrap_or(0));
     Ok(seqs)
+}
+
+/// An inbox or quarantine page: `?1` account, `?2` after, `?3` limit, `?4`
+/// type, `?5` quarantined (0 or 1); `events_open[_by_type]` in order.
+fn inbox_sql(typed: bool) -> String {
+    let type_clause = if typed {
+        "event_type = ?4"
+    } else {
+        "?4 IS NULL"
+    };
+    format!(
+        "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND {type_clause} \
+         AND quarantined = ?5 AND delivered_at_ms IS NULL AND seq > ?2 \
+         ORDER BY seq LIMIT ?3"
+    )
+}
+
+/// The candidates query: `?1` account, `?2` limit, `?3` now, `?4` type.
+/// Never leased (or released): `leased_until_ms = 0`, read in `seq` order
+/// straight from the index. Ended leases: `1..=now`, sorted (only rows that
+/// are available are read).
+fn available_sql(typed: bool, ended: bool) -> String {
+    let type_clause = if typed { "AND event_type = ?4" } else { "" };
+    let range = if ended {
+        "leased_until_ms BETWEEN 1 AND ?3"
+    } else {
+        "leased_until_ms = 0"
+    };
+    format!(
+        "SELECT seq FROM events WHERE account = ?1 {type_clause} \
+         AND delivered_at_ms IS NULL AND quarantined = 0 AND {range} \
+         ORDER BY seq LIMIT ?2"
+    )
 }
 
 fn lease_in(
@@ -876,19 +900,7 @@ impl Store for SqliteStore {
         let quarantined = i64::from(q.state == InboxState::Quarantined);
         let max_bytes = q.max_bytes;
         self.read(move |c| {
-            let sql = if event_type.is_some() {
-                format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND event_type = ?4 \
-                     AND quarantined = ?5 AND delivered_at_ms IS NULL AND seq > ?2 \
-                     ORDER BY seq LIMIT ?3"
-                )
-            } else {
-                format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND ?4 IS NULL \
-                     AND quarantined = ?5 AND delivered_at_ms IS NULL AND seq > ?2 \
-                     ORDER BY seq LIMIT ?3"
-                )
-            };
+            let sql = inbox_sql(event_type.is_some());
             let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
             let mut rows = stmt
                 .query(params![
@@ -1114,6 +1126,77 @@ impl Store for SqliteStore {
             if events < PURGE_CHUNK as u64 && dedups < PURGE_CHUNK as u64 {
                 return Ok(total);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Connection {
+        let c = Connection::open_in_memory().expect("in memory");
+        c.execute_batch(SCHEMA_V1).expect("v1");
+        c.execute_batch(MIGRATE_V2).expect("v2");
+        c
+    }
+
+    fn plan(c: &Connection, sql: &str) -> String {
+        let mut stmt = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let n = stmt.parameter_count();
+        let rows = stmt
+            .query_map(
+                rusqlite::params_from_iter(std::iter::repeat_n(1i64, n)),
+                |r| r.get::<_, String>(3),
+            )
+            .expect("plan")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows");
+        rows.join(" | ")
+    }
+
+    /// The planner must find these without statistics (parameters bound to
+    /// 1; their values do not change the plan).
+    #[test]
+    fn leasing_reads_only_available_rows_through_the_leasable_indexes() {
+        let c = schema();
+        for typed in [false, true] {
+            let index = if typed {
+                "events_leasable_by_type"
+            } else {
+                "events_leasable"
+            };
+            let fresh = plan(&c, &available_sql(typed, false));
+            assert!(
+                fresh.starts_with("SEARCH events USING ")
+                    && fresh.contains(&format!("INDEX {index} (account=? AND"))
+                    && fresh.contains("leased_until_ms=?)")
+                    && !fresh.contains("TEMP B-TREE"),
+                "{fresh}"
+            );
+            let ended = plan(&c, &available_sql(typed, true));
+            assert!(
+                ended.starts_with("SEARCH events USING ")
+                    && ended.contains(&format!("INDEX {index} (account=? AND"))
+                    && ended.contains("leased_until_ms>? AND leased_until_ms<?)"),
+                "{ended}"
+            );
+        }
+    }
+
+    #[test]
+    fn inbox_and_quarantine_pages_read_their_state_in_index_order() {
+        let c = schema();
+        for (typed, index) in [(false, "events_open"), (true, "events_open_by_type")] {
+            let p = plan(&c, &inbox_sql(typed));
+            assert!(
+                p.contains(&format!("SEARCH events USING INDEX {index}"))
+                    && p.contains("quarantined=?")
+                    && !p.contains("TEMP B-TREE"),
+                "{p}"
+            );
         }
     }
 }

@@ -14,4 +14,5 @@ mod fixtures;
 mod hardening;
 mod props;
 mod resilience;
+mod sqlite_store;
 mod support;

@@ -302,21 +302,22 @@ impl DynamoStore {
         Ok(out)
     }
 
-    /// Commits units in transactions of at most 100 items and ~3.5 MB, all
-    /// at once. A unit whose condition fails is dropped and its transaction
+    /// Commits units in transactions of at most 100 items (one of them
+    /// kept for `extra`) and ~3.5 MB, all at once. A unit whose condition fails is dropped and its transaction
     /// sent again without it. `extra` adds one item to a transaction (given
     /// the units it holds at that attempt), e.g. a lease record chunk.
     /// Returns (committed, dropped).
     async fn commit_units<T>(
         &self,
         units: Vec<Unit<T>>,
-        extra: &ExtraItem<'_, T>,
+        extra: Option<&ExtraItem<'_, T>>,
     ) -> Result<(Vec<Unit<T>>, Vec<Unit<T>>), StoreError> {
         let mut chunks: Vec<Vec<Unit<T>>> = Vec::new();
         let (mut items, mut bytes) = (0usize, 0usize);
+        let room = TX_ITEMS - usize::from(extra.is_some());
         for u in units {
             let fits = chunks.last().is_some_and(|c| {
-                !c.is_empty() && items + u.writes.len() < TX_ITEMS && bytes + u.bytes <= TX_BYTES
+                !c.is_empty() && items + u.writes.len() <= room && bytes + u.bytes <= TX_BYTES
             });
             if !fits {
                 chunks.push(Vec::new());
@@ -348,7 +349,7 @@ impl DynamoStore {
         &self,
         index: usize,
         mut units: Vec<Unit<T>>,
-        extra: &ExtraItem<'_, T>,
+        extra: Option<&ExtraItem<'_, T>>,
     ) -> Result<(Vec<Unit<T>>, Vec<Unit<T>>), StoreError> {
         let mut dropped = Vec::new();
         while !units.is_empty() {
@@ -358,7 +359,7 @@ impl DynamoStore {
                 writes.extend(u.writes.iter().cloned());
                 owner.extend(std::iter::repeat_n(i, u.writes.len()));
             }
-            if let Some(w) = extra(index, &units)? {
+            if let Some(w) = extra.map(|f| f(index, &units)).transpose()?.flatten() {
                 writes.push(w);
             }
             let Some(reasons) = self.transact(writes).await? else {
@@ -567,7 +568,7 @@ impl DynamoStore {
                 )
                 .map(Some)
             };
-            let (done, dropped) = self.commit_units(units, &record).await?;
+            let (done, dropped) = self.commit_units(units, Some(&record)).await?;
             let lost = dropped.iter().filter(|u| u.tag.is_some()).count();
             for u in done {
                 if let Some(t) = u.tag {
@@ -662,7 +663,7 @@ impl DynamoStore {
                 });
             }
         }
-        let (done, _) = self.commit_units(units, &|_, _| Ok(None)).await?;
+        let (done, _) = self.commit_units(units, None).await?;
         let done: HashSet<EventId> = done.into_iter().map(|u| u.tag).collect();
         let mut out = Settled::default();
         for id in order {

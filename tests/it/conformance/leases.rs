@@ -378,6 +378,8 @@ pub async fn an_event_leased_max_leases_times_is_quarantined(b: Backend) {
     assert!(walk(&app, &key, "&state=quarantined", 50).await.is_empty());
     let v = app.event(&key, &e[0]).await;
     assert_eq!(v["delivered"], true);
+    assert_eq!(v["quarantined"], false, "delivered, so out of quarantine");
+    assert_eq!(v["lease_count"], 3, "its lease count is kept");
 }
 
 pub async fn the_last_lease_of_a_quarantined_event_may_still_acknowledge_it(b: Backend) {
