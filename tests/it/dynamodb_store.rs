@@ -1316,3 +1316,22 @@ fn deep_payload_has_the_requested_depth() {
     }
     assert_eq!(depth, 100);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 8,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// The lease model of `props` (every event in exactly one state after
+    /// every step) on DynamoDB; fewer and shorter cases than on SQLite.
+    #[test]
+    fn random_lease_sequences_keep_every_event_in_exactly_one_state(
+        ops in crate::props::lease_ops(30)
+    ) {
+        crate::props::runtime().block_on(crate::props::check_lease_model(
+            crate::support::Backend::Dynamodb,
+            &ops,
+        ))?;
+    }
+}
