@@ -133,6 +133,16 @@ pub enum DynamoCommand {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Make events written before leases existed leasable: writes their
+    /// availability markers (idempotent; safe while the service runs).
+    AddLeaseMarkers {
+        /// Table prefix; overrides the one in --store.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only these accounts [default: every account that has a key].
+        #[arg(long)]
+        account: Vec<String>,
+    },
 }
 
 /// Where the data lives.

@@ -61,15 +61,22 @@ enum Woke {
 
 impl AppState {
     /// Leases the account's oldest available events; with `wait`, waits for
-    /// some (never past `wait`, and never once the server is stopping).
+    /// some (never past `wait`, nor within 2 s of the request timeout, and
+    /// never once the server is stopping).
     pub async fn lease(
         &self,
         account: &AccountId,
         params: &LeaseParams,
     ) -> Result<Leased, StoreError> {
-        let deadline = Instant::now() + params.wait;
+        // The whole request must end within its own timeout.
+        let wait = params.wait.min(
+            self.settings
+                .request_timeout
+                .saturating_sub(Duration::from_secs(2)),
+        );
+        let deadline = Instant::now() + wait;
         // Over the waiters' budget: answer at once with what is available.
-        let waiter = if params.wait.is_zero() {
+        let waiter = if wait.is_zero() {
             None
         } else {
             self.waiters.join(account)

@@ -10,6 +10,14 @@
 //! `keys` CLI) may open the same file: `BEGIN IMMEDIATE` plus a busy timeout
 //! serialise their writers.
 //!
+//! Leases are writes like any other, so the one writer serialises them: a
+//! lease reads its candidates and marks them in one job, and no two leases
+//! can take one event. The lease state lives in columns of `events`
+//! (`lease_count`, `leased_until_ms`, `lease_id`, `quarantined`); partial
+//! indexes by state let leasing read only available rows and listings only
+//! their own state (see `MIGRATE_V2`). Each lease is recorded in `leases`
+//! (its id, account, end and event ids) for ack and release.
+//!
 //! WAL checkpoints (copying committed pages from the WAL into the database
 //! file, then fsyncing it) run on a background thread of their own, not
 //! inline in the writer after a commit, so the group-commit pipeline never
@@ -564,10 +572,19 @@ fn lease_in(
     let mut read = c
         .prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE seq = ?1"))
         .map_err(map_err)?;
+    // Two statements, so that the usual lease does not name `quarantined`
+    // (an UPDATE that sets a column rewrites the entries of every index on
+    // it, here `events_open[_by_type]`, even to the same value).
     let mut update = c
         .prepare_cached(
             "UPDATE events SET lease_count = lease_count + 1, leased_until_ms = ?2, \
-             lease_id = ?3, quarantined = (lease_count + 1 >= ?4) WHERE seq = ?1",
+             lease_id = ?3 WHERE seq = ?1",
+        )
+        .map_err(map_err)?;
+    let mut last_update = c
+        .prepare_cached(
+            "UPDATE events SET lease_count = lease_count + 1, leased_until_ms = ?2, \
+             lease_id = ?3, quarantined = 1 WHERE seq = ?1",
         )
         .map_err(map_err)?;
     let (until, lease) = (ms(req.leased_until), lease_bytes(&req.lease_id));
@@ -584,12 +601,16 @@ fn lease_in(
         if bytes > req.max_bytes && !events.is_empty() {
             break;
         }
-        update
-            .execute(params![seq, until, lease.as_slice(), max_leases])
-            .map_err(map_err)?;
         ev.lease_count = ev.lease_count.saturating_add(1);
         ev.leased_until = Some(req.leased_until);
         ev.quarantined = i64::from(ev.lease_count) >= max_leases;
+        let stmt = if ev.quarantined {
+            &mut last_update
+        } else {
+            &mut update
+        };
+        stmt.execute(params![seq, until, lease.as_slice()])
+            .map_err(map_err)?;
         ids.extend_from_slice(&id_bytes(&ev.event_id));
         events.push(ev);
     }

@@ -1049,6 +1049,67 @@ async fn concurrent_leases_never_share_an_event_and_the_losers_skip_what_they_lo
     assert_eq!(seen, created, "every event leased exactly once");
 }
 
+/// Events written before leases have no availability marker; the admin
+/// backfill writes one for each that is available, and only for those.
+#[tokio::test]
+async fn events_written_before_leases_become_leasable_after_add_lease_markers() {
+    let store = fresh().await;
+    let acct = account("acct-old");
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let e = new_event(&acct, "o", &format!(r#"{{"i":{i}}}"#));
+        insert(&store, &e).await;
+        created.push(e.event_id);
+    }
+    // The first is leased by this version; the others look like version 1
+    // wrote them: no marker.
+    let held = lease_request(1, 5);
+    assert_eq!(store.lease(&acct, &held).await.expect("lease").len(), 1);
+    let raw = raw_client().await;
+    let (events, _) = store.table_names();
+    for id in &created[1..] {
+        raw.delete_item()
+            .table_name(events)
+            .key("pk", AttributeValue::S(format!("AV#{acct}")))
+            .key("sk", AttributeValue::S(id.to_string()))
+            .send()
+            .await
+            .expect("delete marker");
+    }
+    assert!(store
+        .lease(&acct, &lease_request(100, 5))
+        .await
+        .expect("lease")
+        .is_empty());
+    let at = now();
+    assert_eq!(
+        store
+            .ack_event(&acct, &created[4], at, cutoff(at))
+            .await
+            .expect("ack"),
+        AckOutcome::Acknowledged
+    );
+    let (seen, written) = store.add_lease_markers(&acct).await.expect("backfill");
+    assert_eq!(
+        (seen, written),
+        (4, 3),
+        "the leased and the delivered one skipped"
+    );
+    // Again: nothing changes (the same markers are written again).
+    assert_eq!(
+        store.add_lease_markers(&acct).await.expect("backfill"),
+        (4, 3)
+    );
+    let leased: Vec<EventId> = store
+        .lease(&acct, &lease_request(100, 5))
+        .await
+        .expect("lease")
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(leased, created[1..4]);
+}
+
 /// A lease of up to `limit` events for 5 minutes from now.
 fn lease_request(limit: u32, max_leases: u32) -> LeaseRequest {
     let at = now();
@@ -1319,7 +1380,7 @@ fn deep_payload_has_the_requested_depth() {
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig {
-        cases: 8,
+        cases: 16,
         ..proptest::prelude::ProptestConfig::default()
     })]
 

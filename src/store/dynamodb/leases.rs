@@ -33,8 +33,10 @@ use crate::store::{LeaseRequest, RequeueOutcome, Settled, StoreError};
 /// oldest-first among them is exact unless more than this many of the
 /// account's leases ended and nobody leased their events since.
 const ENDED_READ: usize = 1000;
-/// Rounds of one lease call when it lost events to concurrent calls.
-const LEASE_ROUNDS: usize = 3;
+/// Rounds of one lease call when candidates were lost to concurrent calls
+/// or were not available after all (markers of events delivered by DELETE,
+/// which the round removes).
+const LEASE_ROUNDS: usize = 4;
 /// DynamoDB's limits per transaction: 100 items, 4 MB (kept well under).
 const TX_ITEMS: usize = 100;
 const TX_BYTES: usize = 3_500_000;
@@ -514,19 +516,25 @@ impl DynamoStore {
             if candidates.is_empty() {
                 break;
             }
+            // All there is, when fewer than asked for.
+            let exhausted = candidates.len() < want;
             let ids: Vec<EventId> = candidates.iter().map(|(id, _)| *id).collect();
             let items = self.event_items(account, &ids).await?;
             let mut units = Vec::new();
             let mut full = false;
+            // Candidates that turned out not to be available.
+            let mut unusable = 0usize;
             for (id, marker) in candidates {
                 let Some(ev) = items.get(&id) else {
                     // Purged: its marker is left over.
                     units.push(self.stale_marker_unit(account, &id, marker)?);
+                    unusable += 1;
                     continue;
                 };
                 if ev.contains_key(A_DELIVERED_AT) {
                     // Delivered by DELETE while leased: its marker is left over.
                     units.push(self.stale_marker_unit(account, &id, marker)?);
+                    unusable += 1;
                     continue;
                 }
                 let lu = item::get_opt_n(ev, A_LEASED_UNTIL, "event.leased_until")?;
@@ -537,6 +545,7 @@ impl DynamoStore {
                 if !as_marked || ev.contains_key(A_QUARANTINED) {
                     // Changed since the marker was read (another call took
                     // it): not available.
+                    unusable += 1;
                     continue;
                 }
                 let size = event_bytes(ev);
@@ -578,7 +587,9 @@ impl DynamoStore {
             for u in dropped.iter().filter_map(|u| u.tag.as_ref()) {
                 bytes = bytes.saturating_sub(event_bytes(&u.event));
             }
-            if full || lost == 0 || took.len() >= limit {
+            // Look again only when candidates were lost or not available
+            // (their places may go to the next oldest) and there may be more.
+            if full || exhausted || took.len() >= limit || lost + unusable == 0 {
                 break;
             }
         }
@@ -843,6 +854,88 @@ impl DynamoStore {
         Err(StoreError::Unavailable(Box::new(Message(
             "event kept changing during requeue",
         ))))
+    }
+}
+
+impl DynamoStore {
+    /// Writes the availability marker of every event of `account` that is
+    /// available and has none: events written by a version before leases.
+    /// Pages through the account's inbox partition (100 entries a Query);
+    /// each marker is written in a transaction with a condition that the
+    /// event is still undelivered, unquarantined and never leased, so it is
+    /// safe beside a running service and idempotent. Admin path (the CLI's
+    /// `dynamodb add-lease-markers`), not bounded by the request budget.
+    /// Returns how many events it looked at and how many markers it wrote
+    /// (a marker that was there already is written again).
+    pub async fn add_lease_markers(&self, account: &AccountId) -> Result<(u64, u64), StoreError> {
+        let (mut seen, mut written) = (0u64, 0u64);
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.events)
+                .consistent_read(true)
+                .key_condition_expression("#pk = :pk")
+                .projection_expression("#sk, #et, #lu")
+                .set_expression_attribute_names(Some(names(&[
+                    PK,
+                    SK,
+                    item::A_TYPE,
+                    A_LEASED_UNTIL,
+                ])))
+                .expression_attribute_values(":pk", item::s(item::inbox_pk(account)))
+                .limit(100)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            let mut units = Vec::new();
+            for it in page.items.unwrap_or_default() {
+                seen += 1;
+                if it.contains_key(A_LEASED_UNTIL) {
+                    continue;
+                }
+                let id = EventId::parse(item::get_s(&it, SK, "inbox key")?)
+                    .ok_or(corrupt("inbox key"))?;
+                let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+                    .table_name(&self.events)
+                    .set_key(Some(item::key(
+                        item::event_pk(account, &id),
+                        item::EVENT_SK,
+                    )))
+                    .condition_expression(
+                        "attribute_exists(#pk) AND attribute_not_exists(#da) \
+                         AND attribute_not_exists(#lu) AND attribute_not_exists(#q)",
+                    )
+                    .set_expression_attribute_names(Some(names(&[
+                        PK,
+                        A_DELIVERED_AT,
+                        A_LEASED_UNTIL,
+                        A_QUARANTINED,
+                    ])))
+                    .build()
+                    .map_err(StoreError::internal)?;
+                let type_hash = item::type_hash(&event_type_of(&it)?);
+                units.push(Unit {
+                    writes: vec![
+                        TransactWriteItem::builder().condition_check(check).build(),
+                        put(
+                            &self.events,
+                            item::available_marker(account, &type_hash, &id),
+                        )?,
+                    ],
+                    bytes: 200,
+                    tag: (),
+                });
+            }
+            let (done, _) = self.commit_units(units, None).await?;
+            written += done.len() as u64;
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok((seen, written)),
+            }
+        }
     }
 }
 

@@ -751,6 +751,19 @@ pub async fn v1_walks_and_delete_keep_working_beside_leases(b: Backend) {
     );
 }
 
+pub async fn an_event_deleted_while_leased_takes_no_place_in_later_leases(b: Backend) {
+    let (app, key) = TestApp::with_creator(b).await;
+    let e = create_n(&app, &key, 4, "d").await;
+    lease(&app, &key, json!({"limit": 1, "lease_seconds": 1})).await;
+    assert_eq!(app.ack(&key, &e[0]).await, 204);
+    // Its lease has ended too; it is delivered, so never leased again, and
+    // the oldest three that are available fill the lease.
+    app.clock.advance(chrono::Duration::seconds(1));
+    let l = lease(&app, &key, json!({"limit": 3})).await;
+    assert_eq!(ids(&l["events"]), e[1..]);
+    assert_eq!(lease(&app, &key, json!({})).await["events"], json!([]));
+}
+
 pub async fn leases_hold_across_instances_and_restarts(b: Backend) {
     let (one, key) = TestApp::with_creator(b).await;
     let e = create_n(&one, &key, 2, "i").await;

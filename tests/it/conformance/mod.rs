@@ -112,6 +112,7 @@ suite! {
     leases::shutdown_ends_a_long_poll_promptly,
     leases::over_the_waiter_budget_a_lease_answers_at_once,
     leases::v1_walks_and_delete_keep_working_beside_leases,
+    leases::an_event_deleted_while_leased_takes_no_place_in_later_leases,
     leases::leases_hold_across_instances_and_restarts,
     leases::a_viewer_gets_403_on_the_lease_routes_before_the_body_is_read,
     leases::lease_ack_and_release_bodies_are_validated,
