@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use goose::goose::{GooseMethod, GooseRequest, GooseUser};
 use goose::prelude::TransactionResult;
-use serde_json::Value;
 
 use crate::target;
 
@@ -55,8 +54,8 @@ fn with_tracker<T>(f: impl FnOnce(&mut Tracker) -> T) -> T {
     f(guard.get_or_insert_with(Tracker::default))
 }
 
-fn parse_ms(v: &Value) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+fn parse_ms(v: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(v)
         .ok()
         .map(|t| t.timestamp_millis())
 }
@@ -106,21 +105,32 @@ fn record_ack(acknowledged: &[String], stale: usize) {
     });
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// What a consumer reads of a lease answer: ids and times only (serde skips
+/// the payloads without building them, so the client leaves the server more
+/// of a shared machine's CPU).
+#[derive(serde::Deserialize)]
+struct LeaseAnswer {
+    lease_id: Option<String>,
+    leased_until: Option<String>,
+    events: Vec<EventRef>,
 }
 
-async fn post(
+#[derive(serde::Deserialize)]
+struct EventRef {
+    event_id: String,
+}
+
+#[derive(serde::Deserialize)]
+struct AckAnswer {
+    acknowledged: Vec<String>,
+    stale: Vec<String>,
+}
+
+async fn post<T: serde::de::DeserializeOwned>(
     user: &mut GooseUser,
     path: &'static str,
     body: String,
-) -> Result<Option<Value>, Box<goose::goose::TransactionError>> {
+) -> Result<Option<T>, Box<goose::goose::TransactionError>> {
     let rb = user
         .get_request_builder(&GooseMethod::Post, path)?
         .bearer_auth(&target().key)
@@ -135,7 +145,7 @@ async fn post(
         .build();
     let resp = user.request(req).await?;
     match resp.response {
-        Ok(r) if r.status().is_success() => Ok(r.json::<Value>().await.ok()),
+        Ok(r) if r.status().is_success() => Ok(r.json::<T>().await.ok()),
         _ => Ok(None),
     }
 }
@@ -144,20 +154,13 @@ async fn post(
 /// lease. An empty lease backs off 20 ms instead of spinning.
 pub(crate) async fn lease_and_ack(user: &mut GooseUser) -> TransactionResult {
     let body = format!(r#"{{"limit":{LIMIT},"lease_seconds":{LEASE_SECONDS}}}"#);
-    let Some(leased) = post(user, "/inbox/lease", body).await? else {
+    let Some(leased) = post::<LeaseAnswer>(user, "/inbox/lease", body).await? else {
         return Ok(());
     };
-    let ids: Vec<String> = leased["events"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let ids: Vec<String> = leased.events.into_iter().map(|e| e.event_id).collect();
     let (Some(lease_id), Some(until)) = (
-        leased["lease_id"].as_str().map(str::to_owned),
-        parse_ms(&leased["leased_until"]),
+        leased.lease_id,
+        leased.leased_until.as_deref().and_then(parse_ms),
     ) else {
         with_tracker(|t| t.empty += 1);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -165,11 +168,8 @@ pub(crate) async fn lease_and_ack(user: &mut GooseUser) -> TransactionResult {
     };
     record_lease(&ids, until);
     let body = serde_json::json!({ "lease_id": lease_id }).to_string();
-    if let Some(acked) = post(user, "/inbox/ack", body).await? {
-        record_ack(
-            &strings(&acked["acknowledged"]),
-            strings(&acked["stale"]).len(),
-        );
+    if let Some(acked) = post::<AckAnswer>(user, "/inbox/ack", body).await? {
+        record_ack(&acked.acknowledged, acked.stale.len());
     }
     Ok(())
 }

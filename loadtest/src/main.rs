@@ -1187,7 +1187,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "scenario": name,
         "engine": format!("{:?}", args.engine).to_lowercase(),
         "host": url,
-        "users": args.users,
+        "users": if args.scenario == Kind::Lease {
+            args.consumers.max(1) + args.producers
+        } else {
+            args.users
+        },
         "consumers": (args.scenario == Kind::Lease).then_some(args.consumers),
         "producers": (args.scenario == Kind::Lease).then_some(args.producers),
         "run_time_secs": args.run_time,
