@@ -132,6 +132,16 @@ pub enum DynamoCommand {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Make events written before leases existed leasable: writes their
+    /// availability markers (idempotent; safe while the service runs).
+    AddLeaseMarkers {
+        /// Table prefix; overrides the one in --store.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only these accounts [default: every account that has a key].
+        #[arg(long)]
+        account: Vec<String>,
+    },
 }
 
 /// Where the data lives.
@@ -283,6 +293,20 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIGGERS_AUTH_BCRYPT_CONCURRENCY",
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub auth_bcrypt_concurrency: Option<u64>,
+    /// The lease that brings an event's lease count to this quarantines it
+    /// (it is never leased again until requeued).
+    #[arg(long, env = "TRIGGERS_MAX_LEASES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_leases: u32,
+    /// Most lease calls waiting for events (wait_seconds > 0) at once, in
+    /// total; past it a call answers at once with what is available.
+    #[arg(long, env = "TRIGGERS_LEASE_WAITERS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub lease_waiters: u64,
+    /// Most lease calls waiting at once per account.
+    #[arg(long, env = "TRIGGERS_LEASE_WAITERS_PER_ACCOUNT", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub lease_waiters_per_account: u64,
 }
 
 /// File descriptors kept free for everything but client connections (the
@@ -333,6 +357,14 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub max_page_bytes: usize,
     pub purge_interval: Duration,
+    /// See [`ServeArgs::max_leases`].
+    pub max_leases: u32,
+    /// Waiting lease calls at once, in total and per account.
+    pub lease_waiters: usize,
+    pub lease_waiters_per_account: usize,
+    /// How often a waiting lease call looks at the store again when nothing
+    /// woke it (events written by other instances, leases that ended).
+    pub lease_recheck: Duration,
     pub auth: AuthConfig,
     pub http: ServeConfig,
 }
@@ -348,6 +380,10 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(30),
             max_page_bytes: 1024 * 1024,
             purge_interval: Duration::from_secs(60),
+            max_leases: 5,
+            lease_waiters: 500,
+            lease_waiters_per_account: 50,
+            lease_recheck: Duration::from_secs(1),
             auth: AuthConfig::default(),
             http: ServeConfig::default(),
         }
@@ -369,6 +405,11 @@ impl Settings {
             request_timeout: Duration::from_secs(a.request_timeout_secs),
             max_page_bytes: usize::try_from(a.max_page_bytes).unwrap_or(usize::MAX),
             purge_interval: Duration::from_secs(a.purge_interval_secs.max(1)),
+            max_leases: a.max_leases,
+            lease_waiters: usize::try_from(a.lease_waiters).unwrap_or(usize::MAX),
+            lease_waiters_per_account: usize::try_from(a.lease_waiters_per_account)
+                .unwrap_or(usize::MAX),
+            lease_recheck: d.lease_recheck,
             auth: AuthConfig {
                 cache_ttl: Duration::from_secs(a.auth_cache_secs),
                 per_source_per_minute: a.auth_bcrypt_per_source,

@@ -133,6 +133,9 @@ pub struct Metrics {
     pub events_ingested: Counter,
     pub duplicates: Counter,
     pub acks: Counter,
+    pub leased: Counter,
+    pub released: Counter,
+    pub requeued: Counter,
     pub auth: AuthMetrics,
     pub connections: ConnMetrics,
 }
@@ -159,6 +162,9 @@ impl Metrics {
         let events_ingested = Counter::default();
         let duplicates = Counter::default();
         let acks = Counter::default();
+        let leased = Counter::default();
+        let released = Counter::default();
+        let requeued = Counter::default();
         let auth = AuthMetrics::default();
         let connections = ConnMetrics::default();
         registry.register(
@@ -185,6 +191,21 @@ impl Metrics {
             "inbox_acks",
             "Events acknowledged (first ack only)",
             acks.clone(),
+        );
+        registry.register(
+            "events_leased",
+            "Events handed out by POST /inbox/lease",
+            leased.clone(),
+        );
+        registry.register(
+            "events_released",
+            "Events released by POST /inbox/release",
+            released.clone(),
+        );
+        registry.register(
+            "events_requeued",
+            "Quarantined events requeued",
+            requeued.clone(),
         );
         registry.register(
             "auth_bcrypt_runs",
@@ -223,6 +244,9 @@ impl Metrics {
             events_ingested,
             duplicates,
             acks,
+            leased,
+            released,
+            requeued,
             auth,
             connections,
         }

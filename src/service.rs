@@ -1,5 +1,9 @@
 //! The event service: what the handlers call. Knows the store trait, the
-//! clock and the settings; knows nothing of HTTP.
+//! clock and the settings; knows nothing of HTTP. Consumer leases are in
+//! [`leases`], the registry of waiting lease calls in [`waiters`].
+
+pub mod leases;
+pub mod waiters;
 
 use std::future::Future;
 
@@ -31,7 +35,7 @@ pub struct Ingested {
 }
 
 impl AppState {
-    fn delivered_cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn delivered_cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now - chrono::Duration::from_std(self.settings.delivered_retention)
             .unwrap_or(chrono::Duration::MAX)
     }
@@ -58,6 +62,7 @@ impl AppState {
         match self.store.insert_event(event, dedup).await? {
             Inserted::Created => {
                 self.metrics.events_ingested.inc();
+                self.waiters.wake(account);
                 Ok(Ingested {
                     event_id,
                     timestamp,
@@ -83,7 +88,10 @@ impl AppState {
         account: &AccountId,
         query: &InboxQuery,
     ) -> Result<InboxPage, StoreError> {
-        self.store.inbox(account, query).await
+        let now = self.clock.now();
+        let mut page = self.store.inbox(account, query).await?;
+        page.events = page.events.into_iter().map(|e| e.as_of(now)).collect();
+        Ok(page)
     }
 
     pub async fn get_event(
@@ -91,8 +99,10 @@ impl AppState {
         account: &AccountId,
         id: &EventId,
     ) -> Result<Option<Event>, StoreError> {
-        let cutoff = self.delivered_cutoff(self.clock.now());
-        self.store.get_event(account, id, cutoff).await
+        let now = self.clock.now();
+        let cutoff = self.delivered_cutoff(now);
+        let event = self.store.get_event(account, id, cutoff).await?;
+        Ok(event.map(|e| e.as_of(now)))
     }
 
     pub async fn ack(&self, account: &AccountId, id: &EventId) -> Result<AckOutcome, StoreError> {

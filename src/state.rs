@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::http::cursor::CursorCodec;
 use crate::http::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
+use crate::service::waiters::LeaseWaiters;
 use crate::store::timed::{Timed, WriteHealth};
 use crate::store::{Store, StoreError};
 
@@ -24,6 +25,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// How recent writes went (for `/status`).
     pub write_health: Arc<WriteHealth>,
+    /// Lease calls waiting for events on this instance.
+    pub waiters: Arc<LeaseWaiters>,
     /// Turns true when the server begins to shut down: what long-running
     /// requests (long polls) wait on beside their own work.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -58,6 +61,10 @@ impl AppState {
             limiter: Arc::new(RateLimiter::new()),
             metrics,
             cursors: Arc::new(CursorCodec::new(secret)),
+            waiters: Arc::new(LeaseWaiters::new(
+                settings.lease_waiters,
+                settings.lease_waiters_per_account,
+            )),
             settings: Arc::new(settings),
             write_health,
             stopping,

@@ -274,16 +274,45 @@ async fn keys_command(args: &StoreArgs, command: KeysCommand) -> anyhow::Result<
     Ok(())
 }
 
+fn dynamodb_prefix(prefix: Option<String>, args: &StoreArgs) -> anyhow::Result<String> {
+    match (prefix, &args.store) {
+        (Some(p), _) => Ok(p),
+        (None, StoreUrl::Dynamodb { table_prefix }) => Ok(table_prefix.clone()),
+        (None, StoreUrl::Sqlite(_)) => anyhow::bail!("give --prefix or --store dynamodb://PREFIX"),
+    }
+}
+
 async fn dynamodb_command(args: &StoreArgs, command: DynamoCommand) -> anyhow::Result<()> {
     match command {
+        DynamoCommand::AddLeaseMarkers { prefix, account } => {
+            let prefix = dynamodb_prefix(prefix, args)?;
+            let store = open_dynamodb(args, &prefix).await?;
+            let mut accounts = account
+                .iter()
+                .map(|a| AccountId::parse(a).map_err(|e| anyhow::anyhow!("--account {a}: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if accounts.is_empty() {
+                accounts = store
+                    .list_keys(None)
+                    .await
+                    .context("cannot list the keys")?
+                    .into_iter()
+                    .map(|k| k.account)
+                    .collect();
+                accounts.sort();
+                accounts.dedup();
+            }
+            for a in accounts {
+                let (seen, written) = store
+                    .add_lease_markers(&a)
+                    .await
+                    .with_context(|| format!("cannot add the lease markers of account {a}"))?;
+                println!("account {a}: {seen} inbox events, {written} available (marker written)");
+            }
+            Ok(())
+        }
         DynamoCommand::CreateTables { prefix } => {
-            let prefix = match (prefix, &args.store) {
-                (Some(p), _) => p,
-                (None, StoreUrl::Dynamodb { table_prefix }) => table_prefix.clone(),
-                (None, StoreUrl::Sqlite(_)) => {
-                    anyhow::bail!("give --prefix or --store dynamodb://PREFIX")
-                }
-            };
+            let prefix = dynamodb_prefix(prefix, args)?;
             let store = open_dynamodb(args, &prefix).await?;
             store
                 .create_tables()

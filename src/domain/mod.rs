@@ -213,9 +213,36 @@ pub struct Event {
     #[serde(with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub delivered_at: Option<DateTime<Utc>>,
+    /// How many times the event has been leased (`POST /inbox/lease`); 0
+    /// again after a requeue.
+    pub lease_count: u32,
+    /// When the event's current lease ends, RFC 3339 UTC; null when it is
+    /// not leased (never leased, released, its lease ended, or delivered).
+    #[serde(with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub leased_until: Option<DateTime<Utc>>,
+    /// Leased `max_leases` times without an acknowledgement: never leased
+    /// again and listed under `GET /inbox?state=quarantined` until requeued
+    /// or acknowledged.
+    pub quarantined: bool,
 }
 
 impl Event {
+    /// The event as the API shows it at `now`: a lease that has ended, or
+    /// one of a delivered event, is no lease (`leased_until` null), and a
+    /// delivered event is out of quarantine. Stores keep the end of the
+    /// latest lease; whether it is still running is a question of the time
+    /// of the request.
+    pub fn as_of(mut self, now: DateTime<Utc>) -> Self {
+        if self.delivered || self.leased_until.is_some_and(|t| t <= now) {
+            self.leased_until = None;
+        }
+        if self.delivered {
+            self.quarantined = false;
+        }
+        self
+    }
+
     /// About how many bytes this event takes in a response: its payload,
     /// metadata, type and source text plus the fixed fields. What inbox
     /// pages are bounded by.
@@ -226,6 +253,41 @@ impl Event {
             + self.metadata.len()
             + self.event_type.as_str().len()
             + self.source.as_ref().map_or(0, |s| s.as_str().len())
+    }
+}
+
+/// Names one lease (`POST /inbox/lease`): a random (v4) UUID, so it cannot
+/// be guessed from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct LeaseId(Uuid);
+
+impl LeaseId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Any string that is not a hyphenated UUID names no lease (the API
+    /// answers 404 for it, like an unknown one).
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 36 {
+            return None;
+        }
+        Uuid::parse_str(s).ok().map(Self)
+    }
+
+    pub fn from_uuid(u: Uuid) -> Self {
+        Self(u)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
     }
 }
 

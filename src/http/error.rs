@@ -25,6 +25,7 @@ pub enum ErrorCode {
     RateLimited,
     InternalError,
     ServiceUnavailable,
+    Conflict,
 }
 
 /// One entry of a validation failure.
@@ -51,6 +52,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     Forbidden(&'static str),
     NotFound,
+    /// 409: the resource is not in a state that allows this (the detail
+    /// says which).
+    Conflict(&'static str),
     MethodNotAllowed,
     PayloadTooLarge(String),
     /// More request header fields than `max` (431).
@@ -124,6 +128,13 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
                 "No such resource.".to_owned(),
+                None,
+                None,
+            ),
+            Conflict(why) => (
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                (*why).to_owned(),
                 None,
                 None,
             ),
@@ -249,6 +260,7 @@ impl ProblemSpec {
                 ApiError::PayloadTooLarge("The request body is too large.".into())
             }
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+            StatusCode::CONFLICT => ApiError::Conflict("Conflict."),
             StatusCode::UNAUTHORIZED => ApiError::Unauthorized("Authentication required."),
             StatusCode::FORBIDDEN => ApiError::Forbidden("Forbidden."),
             StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
@@ -284,6 +296,7 @@ impl ProblemSpec {
             ErrorCode::RateLimited => "Too many requests",
             ErrorCode::InternalError => "Internal server error",
             ErrorCode::ServiceUnavailable => "Service unavailable",
+            ErrorCode::Conflict => "Conflict",
         }
     }
 

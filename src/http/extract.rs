@@ -13,10 +13,11 @@ use serde_json::Value;
 
 use super::error::{ApiError, FieldError};
 use crate::domain::fingerprint::fingerprint;
-use crate::domain::{EventId, EventType, JsonObject, Source};
+use crate::domain::{EventId, EventType, JsonObject, LeaseId, Source};
+use crate::service::leases::LeaseParams;
 use crate::service::CreateEvent;
 use crate::state::AppState;
-use crate::store::Position;
+use crate::store::{InboxState, Position};
 
 /// The deepest nesting a request document may have (the body object is
 /// level 1, so a payload may nest 127 levels).
@@ -188,6 +189,37 @@ impl<'de> Deserialize<'de> for TopLevel {
     }
 }
 
+/// A body object's members, raw, by name.
+type Members = BTreeMap<String, Box<RawValue>>;
+
+/// The members of a body that must be a JSON object (already within the
+/// size and depth limits), and the errors of its shape: a repeated member
+/// (refused: a gateway that reads the first copy would see another request
+/// than the one served) and members not in `known`. Malformed JSON or a
+/// body that is not an object fails at once.
+fn top_level_members(body: &[u8], known: &[&str]) -> Result<(Members, Vec<FieldError>), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    // The depth was bounded by the extractor.
+    de.disable_recursion_limit();
+    let TopLevel { fields, repeated } = TopLevel::deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| ApiError::validation("body", format!("malformed JSON: {e}")))?;
+    let mut errors: Vec<FieldError> = repeated
+        .into_iter()
+        .map(|k| FieldError::new(k, "given more than once"))
+        .collect();
+    for k in fields.keys() {
+        if !known.contains(&k.as_str()) {
+            errors.push(FieldError::new(k.clone(), "unknown field"));
+        }
+    }
+    Ok((fields, errors))
+}
+
 impl CreateEvent {
     pub const FIELDS: [&'static str; 4] = ["event_type", "payload", "source", "metadata"];
 
@@ -195,28 +227,7 @@ impl CreateEvent {
     /// limits), reporting every invalid field at once. `payload` and
     /// `metadata` keep the exact text the client sent.
     pub fn parse_json(body: &[u8], max_payload_bytes: usize) -> Result<Self, ApiError> {
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if first.is_some_and(|b| *b != b'{') {
-            return Err(ApiError::validation("body", "must be a JSON object"));
-        }
-        let mut de = serde_json::Deserializer::from_slice(body);
-        // The depth was bounded by the extractor.
-        de.disable_recursion_limit();
-        let TopLevel { fields, repeated } = TopLevel::deserialize(&mut de)
-            .and_then(|v| de.end().map(|()| v))
-            .map_err(|e| ApiError::validation("body", format!("malformed JSON: {e}")))?;
-
-        // A repeated field is refused: a gateway that reads the first copy
-        // would see another event than the one stored.
-        let mut errors: Vec<FieldError> = repeated
-            .into_iter()
-            .map(|k| FieldError::new(k, "given more than once"))
-            .collect();
-        for k in fields.keys() {
-            if !Self::FIELDS.contains(&k.as_str()) {
-                errors.push(FieldError::new(k.clone(), "unknown field"));
-            }
-        }
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
         let event_type = match fields.get("event_type") {
             None => {
                 errors.push(FieldError::new("event_type", "is required"));
@@ -314,12 +325,174 @@ impl CreateEvent {
     }
 }
 
+/// An optional integer member within `range`: absent or null gives
+/// `default`; anything else (a fraction, an exponent, a string, out of
+/// range) is an error naming the field.
+fn int_member(
+    fields: &Members,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+    errors: &mut Vec<FieldError>,
+) -> u64 {
+    match fields.get(name) {
+        None => default,
+        Some(raw) if is_null(raw) => default,
+        Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new(
+                    name,
+                    format!(
+                        "must be an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+                default
+            }
+        },
+    }
+}
+
+impl LeaseParams {
+    pub const FIELDS: [&'static str; 4] = ["limit", "lease_seconds", "wait_seconds", "event_type"];
+
+    /// Parses a POST /inbox/lease body, reporting every invalid field at
+    /// once. Every member is optional; null means absent.
+    pub fn parse_json(body: &[u8]) -> Result<Self, ApiError> {
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
+        let limit = int_member(
+            &fields,
+            "limit",
+            1..=u64::from(Self::MAX_LIMIT),
+            u64::from(Self::DEFAULT_LIMIT),
+            &mut errors,
+        );
+        let lease_secs = int_member(
+            &fields,
+            "lease_seconds",
+            1..=Self::MAX_LEASE_SECS,
+            Self::DEFAULT_LEASE_SECS,
+            &mut errors,
+        );
+        let wait_secs = int_member(
+            &fields,
+            "wait_seconds",
+            0..=Self::MAX_WAIT_SECS,
+            0,
+            &mut errors,
+        );
+        let event_type = match fields.get("event_type") {
+            None => None,
+            Some(raw) if is_null(raw) => None,
+            Some(raw) => match raw_string(raw) {
+                Some(s) => EventType::parse(&s)
+                    .map_err(|e| errors.push(FieldError::new("event_type", e.0)))
+                    .ok(),
+                None => {
+                    errors.push(FieldError::new(
+                        "event_type",
+                        format!("must be a string, not {}", raw_type_name(raw)),
+                    ));
+                    None
+                }
+            },
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(Self {
+            limit: u32::try_from(limit).unwrap_or(Self::DEFAULT_LIMIT),
+            lease_for: std::time::Duration::from_secs(lease_secs),
+            wait: std::time::Duration::from_secs(wait_secs),
+            event_type,
+        })
+    }
+}
+
+/// A parsed POST /inbox/ack or /inbox/release body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettleParams {
+    /// `None`: a string that is no lease id, so no lease (answered 404 like
+    /// an unknown one).
+    pub lease_id: Option<LeaseId>,
+    /// `None`: every event of the lease.
+    pub event_ids: Option<Vec<EventId>>,
+}
+
+impl SettleParams {
+    pub const FIELDS: [&'static str; 2] = ["lease_id", "event_ids"];
+    pub const MAX_IDS: usize = 100;
+
+    pub fn parse_json(body: &[u8]) -> Result<Self, ApiError> {
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
+        let lease_id = match fields.get("lease_id") {
+            None => {
+                errors.push(FieldError::new("lease_id", "is required"));
+                None
+            }
+            Some(raw) => match raw_string(raw) {
+                Some(s) => Some(LeaseId::parse(&s)),
+                None => {
+                    errors.push(FieldError::new(
+                        "lease_id",
+                        format!("must be a string, not {}", raw_type_name(raw)),
+                    ));
+                    None
+                }
+            },
+        };
+        let event_ids = match fields.get("event_ids") {
+            None => None,
+            Some(raw) if is_null(raw) => None,
+            Some(raw) => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                Ok(items) if (1..=Self::MAX_IDS).contains(&items.len()) => {
+                    let mut ids = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        match raw_string(item).as_deref().and_then(EventId::parse) {
+                            Some(id) => ids.push(id),
+                            None => errors.push(FieldError::new(
+                                format!("event_ids[{i}]"),
+                                "must be an event id",
+                            )),
+                        }
+                    }
+                    Some(ids)
+                }
+                Ok(_) => {
+                    errors.push(FieldError::new(
+                        "event_ids",
+                        format!("must hold 1 to {} event ids", Self::MAX_IDS),
+                    ));
+                    None
+                }
+                Err(_) => {
+                    errors.push(FieldError::new(
+                        "event_ids",
+                        format!("must be an array of event ids, not {}", raw_type_name(raw)),
+                    ));
+                    None
+                }
+            },
+        };
+        match (lease_id, errors.is_empty()) {
+            (Some(lease_id), true) => Ok(Self {
+                lease_id,
+                event_ids,
+            }),
+            _ => Err(ApiError::Validation(errors)),
+        }
+    }
+}
+
 /// GET /inbox's query, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxParams {
     pub limit: u32,
     pub cursor: Option<String>,
     pub event_type: Option<EventType>,
+    pub state: InboxState,
 }
 
 impl InboxParams {
@@ -335,6 +508,7 @@ impl InboxParams {
             limit: Self::DEFAULT_LIMIT,
             cursor: None,
             event_type: None,
+            state: InboxState::Inbox,
         };
         for (k, v) in pairs {
             if seen.contains(&k) {
@@ -351,6 +525,11 @@ impl InboxParams {
                 "event_type" => match EventType::parse(&v) {
                     Ok(t) => out.event_type = Some(t),
                     Err(e) => errors.push(FieldError::new("event_type", e.0)),
+                },
+                "state" => match v.as_str() {
+                    "inbox" => out.state = InboxState::Inbox,
+                    "quarantined" => out.state = InboxState::Quarantined,
+                    _ => errors.push(FieldError::new("state", "must be 'inbox' or 'quarantined'")),
                 },
                 _ => errors.push(FieldError::new(k, "unknown query parameter")),
             }
@@ -447,7 +626,117 @@ mod tests {
         }
     }
 
+    fn fields_of(e: Result<impl std::fmt::Debug, ApiError>) -> Vec<String> {
+        match e {
+            Err(ApiError::Validation(errs)) => errs.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lease_body_takes_defaults_and_lists_every_bad_field() {
+        let p = LeaseParams::parse_json(b"{}").unwrap();
+        assert_eq!(p, LeaseParams::default());
+        let p = LeaseParams::parse_json(
+            br#"{"limit":100,"lease_seconds":3600,"wait_seconds":20,"event_type":"a"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.limit, p.lease_for.as_secs(), p.wait.as_secs()),
+            (100, 3600, 20)
+        );
+        let p = LeaseParams::parse_json(br#"{"limit":null,"wait_seconds":0}"#).unwrap();
+        assert_eq!(p.limit, LeaseParams::DEFAULT_LIMIT);
+        assert_eq!(
+            fields_of(LeaseParams::parse_json(
+                br#"{"limit":0,"lease_seconds":3601,"wait_seconds":21,"event_type":"","x":1}"#
+            )),
+            ["x", "limit", "lease_seconds", "wait_seconds", "event_type"]
+        );
+        for bad in [
+            r#"{"limit":1.0}"#,
+            r#"{"limit":1e1}"#,
+            r#"{"limit":"5"}"#,
+            r#"{"limit":-1}"#,
+            r#"{"limit":101}"#,
+            r#"{"limit":18446744073709551616}"#,
+        ] {
+            assert_eq!(
+                fields_of(LeaseParams::parse_json(bad.as_bytes())),
+                ["limit"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            fields_of(LeaseParams::parse_json(br#"{"limit":5,"limit":6}"#)),
+            ["limit"]
+        );
+        assert_eq!(fields_of(LeaseParams::parse_json(b"[]")), ["body"]);
+        assert_eq!(fields_of(LeaseParams::parse_json(b"{")), ["body"]);
+    }
+
+    #[test]
+    fn a_settle_body_needs_a_lease_id_and_at_most_100_event_ids() {
+        let lease = LeaseId::new_random();
+        let id = EventId::new_v7();
+        let p =
+            SettleParams::parse_json(format!(r#"{{"lease_id":"{lease}"}}"#).as_bytes()).unwrap();
+        assert_eq!((p.lease_id, p.event_ids), (Some(lease), None));
+        let p = SettleParams::parse_json(
+            format!(r#"{{"lease_id":"{lease}","event_ids":["{id}"]}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(p.event_ids, Some(vec![id]));
+        // Not a lease id: no such lease (404), not a 400.
+        let p = SettleParams::parse_json(br#"{"lease_id":"nope"}"#).unwrap();
+        assert_eq!(p.lease_id, None);
+        assert_eq!(fields_of(SettleParams::parse_json(b"{}")), ["lease_id"]);
+        assert_eq!(
+            fields_of(SettleParams::parse_json(
+                format!(r#"{{"lease_id":7,"event_ids":["{id}","x",3],"y":0}}"#).as_bytes()
+            )),
+            ["y", "lease_id", "event_ids[1]", "event_ids[2]"]
+        );
+        for bad in [r#""a""#, "{}", "[]"] {
+            let body = format!(r#"{{"lease_id":"{lease}","event_ids":{bad}}}"#);
+            assert_eq!(
+                fields_of(SettleParams::parse_json(body.as_bytes())),
+                ["event_ids"],
+                "{bad}"
+            );
+        }
+        let many: Vec<String> = (0..101).map(|_| format!("\"{id}\"")).collect();
+        let body = format!(
+            r#"{{"lease_id":"{lease}","event_ids":[{}]}}"#,
+            many.join(",")
+        );
+        assert_eq!(
+            fields_of(SettleParams::parse_json(body.as_bytes())),
+            ["event_ids"]
+        );
+    }
+
+    #[test]
+    fn the_inbox_state_is_inbox_or_quarantined() {
+        assert_eq!(InboxParams::parse(None).unwrap().state, InboxState::Inbox);
+        assert_eq!(
+            InboxParams::parse(Some("state=quarantined")).unwrap().state,
+            InboxState::Quarantined
+        );
+        assert_eq!(
+            InboxParams::parse(Some("state=inbox")).unwrap().state,
+            InboxState::Inbox
+        );
+        assert!(InboxParams::parse(Some("state=leased")).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn lease_body_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = LeaseParams::parse_json(&body);
+            let _ = SettleParams::parse_json(&body);
+        }
+
         #[test]
         fn limits_parse_exactly_when_in_range(n in -1000i64..1000) {
             let r = InboxParams::parse(Some(&format!("limit={n}")));

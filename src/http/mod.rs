@@ -43,6 +43,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::meta::router())
         .merge(routes::events::router(state.clone()))
+        .merge(routes::leases::router(state.clone()))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

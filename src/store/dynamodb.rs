@@ -7,6 +7,7 @@
 //! The tables themselves (keys, index, TTL) and their creation: [`schema`].
 
 mod item;
+mod leases;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,10 +33,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use self::item::{Item, A_DELIVERED_AT, A_META_PARTS, A_TS, PK, SK, TSK, TTL};
-use crate::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, KeyStatus};
+use crate::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, KeyStatus, LeaseId};
 use crate::store::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
-    StoreError,
+    AckOutcome, Dedup, InboxPage, InboxQuery, InboxState, Inserted, KeyChange, LeaseRequest,
+    NewEvent, Position, RequeueOutcome, Settled, Store, StoreError,
 };
 
 /// How to reach DynamoDB. Credentials and region come from the standard AWS
@@ -518,6 +519,9 @@ impl DynamoStore {
             TransactWriteItem::builder()
                 .put(self.put(&self.events, items.inbox)?)
                 .build(),
+            TransactWriteItem::builder()
+                .put(self.put(&self.events, items.available)?)
+                .build(),
         ];
         for part in items.parts {
             writes.push(
@@ -609,7 +613,10 @@ impl DynamoStore {
             None => None,
             Some(p) => Some(Uuid::from_slice(&p.0).map_err(|_| corrupt("inbox position"))?),
         };
-        let pk = item::s(item::inbox_pk(account));
+        let pk = item::s(match query.state {
+            InboxState::Inbox => item::inbox_pk(account),
+            InboxState::Quarantined => item::quarantine_pk(account),
+        });
         let items = match &query.event_type {
             None => {
                 let (cond, vals) = match after {
@@ -727,10 +734,29 @@ impl DynamoStore {
                 .set_key(Some(item::key(item::inbox_pk(account), item::inbox_sk(id))))
                 .build()
                 .map_err(StoreError::internal)?;
+            // A quarantined event's entry, or an available one's marker;
+            // a leased one's marker stays until a lease finds it stale.
+            let also = [
+                item::key(item::quarantine_pk(account), item::inbox_sk(id)),
+                item::key(item::available_pk(account), id.to_string()),
+            ];
             let mut writes = vec![
                 TransactWriteItem::builder().update(update).build(),
                 TransactWriteItem::builder().delete(remove).build(),
             ];
+            for key in also {
+                writes.push(
+                    TransactWriteItem::builder()
+                        .delete(
+                            Delete::builder()
+                                .table_name(&self.events)
+                                .set_key(Some(key))
+                                .build()
+                                .map_err(StoreError::internal)?,
+                        )
+                        .build(),
+                );
+            }
             for i in 0..parts.unwrap_or(0) {
                 let part = Update::builder()
                     .table_name(&self.events)
@@ -1019,6 +1045,61 @@ impl Store for DynamoStore {
         delivered_cutoff: DateTime<Utc>,
     ) -> Result<AckOutcome, StoreError> {
         self.within(self.ack_inner(account, event_id, now, delivered_cutoff))
+            .await
+    }
+
+    /// Two Queries at once (the account's available markers, `limit`; its
+    /// ended leases' markers, up to 1,000), one consistent BatchGetItem of
+    /// the candidates' event items, then TransactWriteItems of up to 100
+    /// items (~33 events and the lease record's chunk), all at once; each
+    /// event's writes are conditional on the state it was read in. Events
+    /// lost to a concurrent call are skipped and looked for again (up to 3
+    /// rounds).
+    async fn lease(
+        &self,
+        account: &AccountId,
+        req: &LeaseRequest,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.within(self.lease_inner(account, req)).await
+    }
+
+    /// One Query of the lease record, then TransactWriteItems (4 items per
+    /// event, plus its metadata parts) conditional on the event being held
+    /// by this lease and undelivered.
+    async fn ack_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.within(self.ack_leased_inner(account, lease_id, event_ids, now, delivered_cutoff))
+            .await
+    }
+
+    /// One Query of the lease record, then TransactWriteItems (4 items per
+    /// event, 2 for a quarantined one) conditional on the lease.
+    async fn release_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.within(self.release_leased_inner(account, lease_id, event_ids, delivered_cutoff))
+            .await
+    }
+
+    /// One consistent GetItem, then one TransactWriteItems conditional on
+    /// the state read.
+    async fn requeue(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<RequeueOutcome, StoreError> {
+        self.within(self.requeue_inner(account, event_id, delivered_cutoff))
             .await
     }
 

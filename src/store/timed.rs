@@ -14,10 +14,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Store, StoreError,
+    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, LeaseRequest, NewEvent,
+    RequeueOutcome, Settled, Store, StoreError,
 };
 use crate::clock::Clock;
-use crate::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId};
+use crate::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, LeaseId};
 
 /// How long a failed write keeps `/status` degraded when no write follows.
 pub const WRITE_FAILURE_MEMORY: Duration = Duration::from_secs(60);
@@ -164,6 +165,49 @@ impl Store for Timed {
                 .ack_event(account, event_id, now, delivered_cutoff),
         )
         .await
+    }
+    async fn lease(
+        &self,
+        account: &AccountId,
+        req: &LeaseRequest,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.write(self.inner.lease(account, req)).await
+    }
+    async fn ack_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.write(
+            self.inner
+                .ack_leased(account, lease_id, event_ids, now, delivered_cutoff),
+        )
+        .await
+    }
+    async fn release_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.write(
+            self.inner
+                .release_leased(account, lease_id, event_ids, delivered_cutoff),
+        )
+        .await
+    }
+    async fn requeue(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<RequeueOutcome, StoreError> {
+        self.write(self.inner.requeue(account, event_id, delivered_cutoff))
+            .await
     }
     async fn purge(
         &self,

@@ -852,7 +852,11 @@ mod dynamodb {
                 _dir: None,
                 location: Location::Other,
             },
-            test_settings(),
+            triggers_api::config::Settings {
+                // Quarantine after two leases, to exercise it quickly.
+                max_leases: 2,
+                ..test_settings()
+            },
         )
         .await;
         let startup = proxy.take();
@@ -886,6 +890,100 @@ mod dynamodb {
         assert_eq!(app.ack(&key, &uuid::Uuid::now_v7().to_string()).await, 404);
         assert_eq!(app.ack(&key, &big_id).await, 204, "metadata in parts");
         app.event(&key, &id).await;
+        // Leases: lease (all, and by type), ack and release (by lease and a
+        // subset, and stale), expiry, quarantine listing, requeue, a long
+        // poll that finds nothing, DELETE of a leased event.
+        let lease = |body: Value| {
+            let req = app.post_json("/inbox/lease", &key, &body);
+            async move {
+                let resp = req.send().await.expect("lease");
+                assert_eq!(resp.status(), 200);
+                resp.json::<Value>().await.expect("lease json")
+            }
+        };
+        let settle = |path: &'static str, body: Value| {
+            let req = app.post_json(path, &key, &body);
+            async move {
+                let resp = req.send().await.expect("settle");
+                let status = resp.status();
+                let v = resp.json::<Value>().await.expect("settle json");
+                assert_eq!(status, 200, "{path}: {v}");
+                v
+            }
+        };
+        for i in 0..4 {
+            app.create_event(&key, &json!({"event_type": "job", "payload": {"i": i}}))
+                .await;
+        }
+        let l1 = lease(json!({"limit": 2, "event_type": "job"})).await;
+        let l1_ids: Vec<Value> = l1["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["event_id"].clone())
+            .collect();
+        assert_eq!(l1_ids.len(), 2);
+        settle(
+            "/inbox/ack",
+            json!({"lease_id": l1["lease_id"], "event_ids": [l1_ids[0]]}),
+        )
+        .await;
+        settle("/inbox/release", json!({"lease_id": l1["lease_id"]})).await;
+        let l2 = lease(json!({"limit": 100, "lease_seconds": 1})).await;
+        assert!(!l2["events"].as_array().expect("events").is_empty());
+        app.clock.advance(chrono::Duration::seconds(2));
+        let l3 = lease(json!({"limit": 100})).await;
+        // l2's events were leased again since: stale for l2.
+        let stale = settle("/inbox/ack", json!({"lease_id": l2["lease_id"]})).await;
+        assert!(!stale["stale"].as_array().expect("stale").is_empty());
+        let leased_id = l3["events"][0]["event_id"].as_str().expect("id").to_owned();
+        assert_eq!(
+            app.ack(&key, &leased_id).await,
+            204,
+            "DELETE of a leased event"
+        );
+        settle("/inbox/release", json!({"lease_id": l3["lease_id"]})).await;
+        // Leased twice (l2, l3) with max_leases 2: quarantined now.
+        let quarantined = app
+            .get("/inbox?state=quarantined", &viewer)
+            .send()
+            .await
+            .expect("quarantined");
+        assert_eq!(quarantined.status(), 200);
+        let q: Value = quarantined.json().await.expect("json");
+        let q_id = q["events"][0]["event_id"]
+            .as_str()
+            .expect("a quarantined event")
+            .to_owned();
+        let requeued = app
+            .client
+            .post(app.url(&format!("/events/{q_id}/requeue")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("requeue");
+        assert_eq!(requeued.status(), 200);
+        // Drain, then a long poll that finds nothing within its wait.
+        loop {
+            let l = lease(json!({"limit": 100})).await;
+            if l["events"].as_array().expect("events").is_empty() {
+                break;
+            }
+            settle("/inbox/ack", json!({"lease_id": l["lease_id"]})).await;
+        }
+        let waited = lease(json!({"limit": 1, "wait_seconds": 1})).await;
+        assert!(waited["events"].as_array().expect("events").is_empty());
+        let unknown_lease = app
+            .post_json(
+                "/inbox/ack",
+                &key,
+                &json!({"lease_id": uuid::Uuid::new_v4().to_string()}),
+            )
+            .send()
+            .await
+            .expect("unknown lease");
+        assert_eq!(unknown_lease.status(), 404);
+
         let status = app
             .client
             .get(app.url("/status"))

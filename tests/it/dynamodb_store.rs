@@ -14,12 +14,12 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeDelta, Utc};
 use triggers_api::domain::{
     trunc_ms, AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId,
-    KeyStatus, Role, Source,
+    KeyStatus, LeaseId, Role, Source,
 };
 use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
 use triggers_api::store::{
-    AckOutcome, Dedup, Fingerprint, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
-    StoreError,
+    AckOutcome, Dedup, Fingerprint, InboxQuery, InboxState, Inserted, KeyChange, LeaseRequest,
+    NewEvent, Position, RequeueOutcome, Store, StoreError,
 };
 
 const WINDOW: Duration = Duration::from_secs(300);
@@ -149,6 +149,7 @@ async fn walk(
                 &InboxQuery {
                     after: after.clone(),
                     event_type: t.map(etype),
+                    state: InboxState::Inbox,
                     limit,
                     max_bytes: usize::MAX,
                 },
@@ -224,6 +225,7 @@ async fn every_event_field_round_trips_exactly() {
             &InboxQuery {
                 after: None,
                 event_type: None,
+                state: InboxState::Inbox,
                 limit: 200,
                 max_bytes: usize::MAX,
             },
@@ -243,6 +245,7 @@ async fn every_event_field_round_trips_exactly() {
             &InboxQuery {
                 after: None,
                 event_type: Some(etype(&"é".repeat(255))),
+                state: InboxState::Inbox,
                 limit: 200,
                 max_bytes: usize::MAX,
             },
@@ -903,6 +906,7 @@ async fn exercise_unavailable(store: &DynamoStore, budget: Duration) {
     let query = InboxQuery {
         after: None,
         event_type: None,
+        state: InboxState::Inbox,
         limit: 10,
         max_bytes: usize::MAX,
     };
@@ -988,6 +992,139 @@ async fn count<T>(
     (out, diff)
 }
 
+/// Concurrent lease calls read the same candidates; the conditional writes
+/// let one of them have each event, and the others skip it (and look
+/// again). Together they lease every event exactly once.
+#[tokio::test]
+async fn concurrent_leases_never_share_an_event_and_the_losers_skip_what_they_lost() {
+    let store = fresh().await;
+    let acct = account("acct-race");
+    let mut created = Vec::new();
+    for i in 0..40 {
+        let e = new_event(&acct, "r", &format!(r#"{{"i":{i}}}"#));
+        insert(&store, &e).await;
+        created.push(e.event_id);
+    }
+    let before = store.request_counts();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, a) = (store.clone(), acct.clone());
+        tasks.push(tokio::spawn(async move {
+            s.lease(&a, &lease_request(10, 5)).await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.extend(
+            t.await
+                .expect("task")
+                .expect("lease")
+                .into_iter()
+                .map(|e| e.event_id),
+        );
+    }
+    let unique: HashSet<EventId> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "an event was leased twice");
+    let txs = store
+        .request_counts()
+        .get("TransactWriteItems")
+        .copied()
+        .unwrap_or(0)
+        - before.get("TransactWriteItems").copied().unwrap_or(0);
+    eprintln!(
+        "8 concurrent leases of 10 over 40 events: {} leased, {txs} TransactWriteItems",
+        seen.len()
+    );
+    loop {
+        let more = store
+            .lease(&acct, &lease_request(100, 5))
+            .await
+            .expect("lease");
+        if more.is_empty() {
+            break;
+        }
+        seen.extend(more.into_iter().map(|e| e.event_id));
+    }
+    seen.sort();
+    assert_eq!(seen, created, "every event leased exactly once");
+}
+
+/// Events written before leases have no availability marker; the admin
+/// backfill writes one for each that is available, and only for those.
+#[tokio::test]
+async fn events_written_before_leases_become_leasable_after_add_lease_markers() {
+    let store = fresh().await;
+    let acct = account("acct-old");
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let e = new_event(&acct, "o", &format!(r#"{{"i":{i}}}"#));
+        insert(&store, &e).await;
+        created.push(e.event_id);
+    }
+    // The first is leased by this version; the others look like version 1
+    // wrote them: no marker.
+    let held = lease_request(1, 5);
+    assert_eq!(store.lease(&acct, &held).await.expect("lease").len(), 1);
+    let raw = raw_client().await;
+    let (events, _) = store.table_names();
+    for id in &created[1..] {
+        raw.delete_item()
+            .table_name(events)
+            .key("pk", AttributeValue::S(format!("AV#{acct}")))
+            .key("sk", AttributeValue::S(id.to_string()))
+            .send()
+            .await
+            .expect("delete marker");
+    }
+    assert!(store
+        .lease(&acct, &lease_request(100, 5))
+        .await
+        .expect("lease")
+        .is_empty());
+    let at = now();
+    assert_eq!(
+        store
+            .ack_event(&acct, &created[4], at, cutoff(at))
+            .await
+            .expect("ack"),
+        AckOutcome::Acknowledged
+    );
+    let (seen, written) = store.add_lease_markers(&acct).await.expect("backfill");
+    assert_eq!(
+        (seen, written),
+        (4, 3),
+        "the leased and the delivered one skipped"
+    );
+    // Again: nothing changes (the same markers are written again).
+    assert_eq!(
+        store.add_lease_markers(&acct).await.expect("backfill"),
+        (4, 3)
+    );
+    let leased: Vec<EventId> = store
+        .lease(&acct, &lease_request(100, 5))
+        .await
+        .expect("lease")
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(leased, created[1..4]);
+}
+
+/// A lease of up to `limit` events for 5 minutes from now.
+fn lease_request(limit: u32, max_leases: u32) -> LeaseRequest {
+    let at = now();
+    LeaseRequest {
+        lease_id: LeaseId::new_random(),
+        event_type: None,
+        limit,
+        now: at,
+        leased_until: at + TimeDelta::minutes(5),
+        forget_after: at + TimeDelta::minutes(5) + RETENTION,
+        max_leases,
+        max_bytes: usize::MAX,
+    }
+}
+
 fn calls(list: &[(&str, u64)]) -> BTreeMap<String, u64> {
     list.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
 }
@@ -1023,6 +1160,7 @@ async fn request_counts_per_operation() {
     let q = InboxQuery {
         after: None,
         event_type: None,
+        state: InboxState::Inbox,
         limit: 50,
         max_bytes: usize::MAX,
     };
@@ -1033,6 +1171,7 @@ async fn request_counts_per_operation() {
     let q = InboxQuery {
         after: None,
         event_type: Some(etype("t")),
+        state: InboxState::Inbox,
         limit: 50,
         max_bytes: usize::MAX,
     };
@@ -1095,6 +1234,96 @@ async fn request_counts_per_operation() {
         &[("TransactWriteItems", 2)],
     );
 
+    // Leases: 100 events of their own account, then lease 1 and 99.
+    let la = account("acct-lease");
+    for i in 0..100 {
+        insert(&store, &new_event(&la, "l", &format!(r#"{{"i":{i}}}"#))).await;
+    }
+    let one = lease_request(1, 5);
+    let (r, c) = count(&store, store.lease(&la, &one)).await;
+    assert_eq!(r.expect("lease").len(), 1);
+    check(
+        "POST /inbox/lease (1 event)",
+        c,
+        &[("BatchGetItem", 1), ("Query", 2), ("TransactWriteItems", 1)],
+    );
+    let hundred = lease_request(100, 5);
+    let (r, c) = count(&store, store.lease(&la, &hundred)).await;
+    assert_eq!(r.expect("lease").len(), 99);
+    check(
+        "POST /inbox/lease (99 events)",
+        c,
+        &[("BatchGetItem", 1), ("Query", 2), ("TransactWriteItems", 5)],
+    );
+    let (r, c) = count(&store, store.lease(&la, &lease_request(100, 5))).await;
+    assert!(r.expect("lease").is_empty());
+    check("POST /inbox/lease (none available)", c, &[("Query", 2)]);
+    let at = now();
+    let some: Vec<EventId> = Vec::new();
+    let (r, c) = count(
+        &store,
+        store.release_leased(&la, &one.lease_id, None, cutoff(at)),
+    )
+    .await;
+    assert_eq!(r.expect("release").expect("known").done.len(), 1);
+    check(
+        "POST /inbox/release (1 event)",
+        c,
+        &[("Query", 1), ("TransactWriteItems", 1)],
+    );
+    let (r, c) = count(
+        &store,
+        store.ack_leased(&la, &hundred.lease_id, None, at, cutoff(at)),
+    )
+    .await;
+    assert_eq!(r.expect("ack").expect("known").done.len(), 99);
+    check(
+        "POST /inbox/ack (99 events)",
+        c,
+        &[("Query", 1), ("TransactWriteItems", 4)],
+    );
+    let (r, c) = count(
+        &store,
+        store.ack_leased(&la, &hundred.lease_id, Some(&some), at, cutoff(at)),
+    )
+    .await;
+    assert_eq!(r.expect("ack").expect("known").done.len(), 0);
+    check("POST /inbox/ack (no event listed)", c, &[("Query", 1)]);
+    let (r, c) = count(
+        &store,
+        store.ack_leased(&la, &LeaseId::new_random(), None, at, cutoff(at)),
+    )
+    .await;
+    assert!(r.expect("ack").is_none());
+    check("POST /inbox/ack (unknown lease)", c, &[("Query", 1)]);
+    let last = lease_request(1, 1);
+    let leased = store.lease(&la, &last).await.expect("lease");
+    assert!(leased[0].quarantined);
+    let (r, c) = count(&store, store.requeue(&la, &leased[0].event_id, cutoff(at))).await;
+    assert!(matches!(r.expect("requeue"), RequeueOutcome::Requeued(_)));
+    check(
+        "POST /events/{id}/requeue",
+        c,
+        &[("GetItem", 1), ("TransactWriteItems", 1)],
+    );
+    let (r, c) = count(&store, store.requeue(&la, &leased[0].event_id, cutoff(at))).await;
+    assert_eq!(r.expect("requeue"), RequeueOutcome::NotQuarantined);
+    check(
+        "POST /events/{id}/requeue (not quarantined)",
+        c,
+        &[("GetItem", 1)],
+    );
+    let q = InboxQuery {
+        after: None,
+        event_type: None,
+        state: InboxState::Quarantined,
+        limit: 50,
+        max_bytes: usize::MAX,
+    };
+    let (r, c) = count(&store, store.inbox(&la, &q)).await;
+    assert!(r.expect("inbox").events.is_empty());
+    check("GET /inbox?state=quarantined", c, &[("Query", 1)]);
+
     let k = key_record("cccccccccccccccc", "acct-count", "c@example.com", now());
     let (r, c) = count(&store, store.create_key(&k)).await;
     r.expect("create key");
@@ -1147,4 +1376,23 @@ fn deep_payload_has_the_requested_depth() {
         cur = next;
     }
     assert_eq!(depth, 100);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 16,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// The lease model of `props` (every event in exactly one state after
+    /// every step) on DynamoDB; fewer and shorter cases than on SQLite.
+    #[test]
+    fn random_lease_sequences_keep_every_event_in_exactly_one_state(
+        ops in crate::props::lease_ops(30)
+    ) {
+        crate::props::runtime().block_on(crate::props::check_lease_model(
+            crate::support::Backend::Dynamodb,
+            &ops,
+        ))?;
+    }
 }

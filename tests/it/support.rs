@@ -253,6 +253,14 @@ impl TestApp {
         app
     }
 
+    /// Begins this server's shutdown (as a SIGTERM would): it stops
+    /// accepting and drains the requests under way.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -129,13 +129,15 @@ pub async fn create_event(
     Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
-/// The caller's undelivered events, oldest first.
+/// The caller's undelivered events (not quarantined, leased or not), oldest
+/// first; with `state=quarantined`, the quarantined ones.
 #[utoipa::path(get, path = "/inbox", tag = "inbox",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Most events per page (default 50). A page also ends early, with has_more true, before the event that would take its events past max_page_bytes (default 1 MiB of payload, metadata, type and source text); every page holds at least one event."),
         ("cursor" = Option<String>, Query, description = "next_cursor from the previous page"),
         ("event_type" = Option<String>, Query, min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
          description = "Only events of this type (1–255 characters, no control characters)"),
+        ("state" = Option<String>, Query, description = "inbox (default): undelivered events that are not quarantined, leased or not; quarantined: the quarantined ones (same paging)"),
     ),
     security(("bearer" = []), ("api_key" = [])),
     responses(
@@ -153,6 +155,7 @@ pub async fn list_inbox(
     let query = InboxQuery {
         after: decode_cursor(&state, &caller.account, params.cursor.as_deref())?,
         event_type: params.event_type,
+        state: params.state,
         limit: params.limit,
         max_bytes: state.settings.max_page_bytes,
     };

@@ -1,4 +1,5 @@
 //! Each resource module owns its router; `crate::app` merges and layers them.
 
 pub mod events;
+pub mod leases;
 pub mod meta;

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::{
-    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus, Role,
-    Source,
+    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus,
+    LeaseId, Role, Source,
 };
 use crate::store::{Fingerprint, NewEvent, StoreError};
 
@@ -40,6 +40,18 @@ pub(crate) const A_PART: &str = "part";
 pub(crate) const A_TS: &str = "ts";
 /// Milliseconds since the epoch; absent while undelivered.
 pub(crate) const A_DELIVERED_AT: &str = "da";
+/// Times leased (absent: 0). On the event item (the truth) and copied to
+/// its inbox or quarantine entry for listings.
+pub(crate) const A_LEASE_COUNT: &str = "lc";
+/// End of the latest lease, epoch milliseconds (absent: never leased, or
+/// released, or requeued). On the event item and copied like `lc`.
+pub(crate) const A_LEASED_UNTIL: &str = "lu";
+/// The lease holding the event (event item only; absent: none).
+pub(crate) const A_LEASE_ID: &str = "lid";
+/// Present (N 1) on a quarantined event's item and its quarantine entry.
+pub(crate) const A_QUARANTINED: &str = "q";
+/// Lease record: its chunk's entries (L of M).
+pub(crate) const L_ENTRIES: &str = "ev";
 
 // Key attributes (keys table; its partition key is `pk` = key id).
 pub(crate) const K_ACCOUNT: &str = "acct";
@@ -75,6 +87,203 @@ pub(crate) fn event_pk(account: &AccountId, id: &EventId) -> String {
 /// `IN#{account}`: the account's inbox partition (undelivered events only).
 pub(crate) fn inbox_pk(account: &AccountId) -> String {
     format!("IN#{account}")
+}
+
+/// `QU#{account}`: the account's quarantine partition (undelivered,
+/// quarantined events; the same items as the inbox's, moved here).
+pub(crate) fn quarantine_pk(account: &AccountId) -> String {
+    format!("QU#{account}")
+}
+
+/// `AV#{account}`: markers (keys only, plus `tsk`) of the account's events
+/// that are available and were never leased, or were released or
+/// requeued; sort key `{event_id}`, so the oldest come first.
+pub(crate) fn available_pk(account: &AccountId) -> String {
+    format!("AV#{account}")
+}
+
+/// `LX#{account}`: markers of the account's leased events (running or
+/// ended); sort key `{leased_until:013}#{event_id}`, so the leases that
+/// ended come first.
+pub(crate) fn leased_pk(account: &AccountId) -> String {
+    format!("LX#{account}")
+}
+
+pub(crate) fn leased_sk(until_ms: i64, id: &EventId) -> String {
+    format!("{until_ms:013}#{id}")
+}
+
+/// Where the leased markers whose lease ended by `now_ms` stop (exclusive).
+pub(crate) fn leased_sk_end(now_ms: i64) -> String {
+    format!("{:013}", now_ms.saturating_add(1))
+}
+
+/// The availability marker of an event never leased (or released).
+pub(crate) fn available_marker(account: &AccountId, type_hash: &str, id: &EventId) -> Item {
+    let mut it = key(available_pk(account), id.to_string());
+    it.insert(TSK.to_owned(), s(format!("{type_hash}#{id}")));
+    it
+}
+
+/// The marker of an event leased until `until_ms`.
+pub(crate) fn leased_marker(
+    account: &AccountId,
+    type_hash: &str,
+    until_ms: i64,
+    id: &EventId,
+) -> Item {
+    let mut it = key(leased_pk(account), leased_sk(until_ms, id));
+    it.insert(
+        TSK.to_owned(),
+        s(format!("{type_hash}#{}", leased_sk(until_ms, id))),
+    );
+    it
+}
+
+/// The event id at the end of a marker's sort key.
+pub(crate) fn marker_event_id(item: &Item) -> Result<EventId, StoreError> {
+    let sk = get_s(item, SK, "marker key")?;
+    let tail = sk.get(sk.len().saturating_sub(36)..).unwrap_or("");
+    EventId::parse(tail).ok_or(corrupt("marker event id"))
+}
+
+/// The leased-until of a leased marker (its sort key's head).
+pub(crate) fn marker_until(item: &Item) -> Result<i64, StoreError> {
+    let sk = get_s(item, SK, "marker key")?;
+    sk.split('#')
+        .next()
+        .and_then(|h| h.parse().ok())
+        .ok_or(corrupt("marker leased_until"))
+}
+
+/// `LS#{account}#{lease_id}`: the record of one lease, one item per chunk
+/// of events it took (written in the transaction that leased them).
+pub(crate) fn lease_pk(account: &AccountId, lease: &LeaseId) -> String {
+    format!("LS#{account}#{lease}")
+}
+
+/// One event of a lease record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaseEntry {
+    pub id: EventId,
+    /// The event type's hash (for its availability marker on release).
+    pub type_hash: String,
+    /// This lease quarantined it (its entry moved to `QU#`).
+    pub quarantined: bool,
+    /// Metadata parts (their TTL is set on ack).
+    pub parts: usize,
+}
+
+const E_ID: &str = "i";
+const E_TYPE: &str = "h";
+const E_QUARANTINED: &str = "q";
+const E_PARTS: &str = "m";
+
+/// One chunk of a lease record.
+pub(crate) fn lease_chunk_item(
+    account: &AccountId,
+    lease: &LeaseId,
+    chunk: &str,
+    until: &DateTime<Utc>,
+    expires: &DateTime<Utc>,
+    entries: &[LeaseEntry],
+) -> Item {
+    let mut it = key(lease_pk(account, lease), chunk);
+    it.insert(A_LEASED_UNTIL.to_owned(), ms(until));
+    it.insert(TTL.to_owned(), ttl_secs(expires));
+    let list = entries
+        .iter()
+        .map(|e| {
+            let mut m = HashMap::from([
+                (E_ID.to_owned(), s(e.id.to_string())),
+                (E_TYPE.to_owned(), s(e.type_hash.as_str())),
+            ]);
+            if e.quarantined {
+                m.insert(E_QUARANTINED.to_owned(), n(1));
+            }
+            if e.parts > 0 {
+                m.insert(
+                    E_PARTS.to_owned(),
+                    n(i64::try_from(e.parts).unwrap_or(i64::MAX)),
+                );
+            }
+            AttributeValue::M(m)
+        })
+        .collect();
+    it.insert(L_ENTRIES.to_owned(), AttributeValue::L(list));
+    it
+}
+
+/// A lease record's end and entries (oldest event first), from its chunks.
+pub(crate) fn lease_record(
+    chunks: &[Item],
+) -> Result<(DateTime<Utc>, Vec<LeaseEntry>), StoreError> {
+    let mut until = None;
+    let mut out = Vec::new();
+    for c in chunks {
+        until = Some(get_ms(c, A_LEASED_UNTIL, "lease.leased_until")?);
+        let Some(AttributeValue::L(list)) = c.get(L_ENTRIES) else {
+            return Err(corrupt("lease.entries"));
+        };
+        for e in list {
+            let AttributeValue::M(m) = e else {
+                return Err(corrupt("lease.entry"));
+            };
+            out.push(LeaseEntry {
+                id: EventId::parse(get_s(m, E_ID, "lease.entry.id")?)
+                    .ok_or(corrupt("lease.entry.id"))?,
+                type_hash: get_s(m, E_TYPE, "lease.entry.type")?.to_owned(),
+                quarantined: m.contains_key(E_QUARANTINED),
+                parts: usize::try_from(get_opt_n(m, E_PARTS, "lease.entry.parts")?.unwrap_or(0))
+                    .map_err(|_| corrupt("lease.entry.parts"))?,
+            });
+        }
+    }
+    out.sort_by_key(|e| e.id);
+    Ok((until.ok_or(corrupt("lease record"))?, out))
+}
+
+/// A quarantined event's entry (`QU#{account}` / `{id}`), from its event
+/// item as the lease that quarantines it leaves it.
+pub(crate) fn quarantine_entry(
+    event: &Item,
+    account: &AccountId,
+    id: &EventId,
+) -> Result<Item, StoreError> {
+    let mut it = event.clone();
+    for k in [A_LEASE_ID, A_DELIVERED_AT, TTL] {
+        it.remove(k);
+    }
+    let t = EventType::parse(get_s(event, A_TYPE, "event.event_type")?)
+        .map_err(|_| corrupt("event.event_type"))?;
+    it.extend(key(quarantine_pk(account), inbox_sk(id)));
+    it.insert(TSK.to_owned(), s(type_sk(&t, id)));
+    it.insert(A_QUARANTINED.to_owned(), n(1));
+    Ok(it)
+}
+
+/// A requeued event's inbox entry, from its event item: never leased.
+pub(crate) fn requeued_inbox_entry(
+    event: &Item,
+    account: &AccountId,
+    id: &EventId,
+) -> Result<Item, StoreError> {
+    let mut it = event.clone();
+    for k in [
+        A_LEASE_ID,
+        A_LEASED_UNTIL,
+        A_QUARANTINED,
+        A_DELIVERED_AT,
+        TTL,
+    ] {
+        it.remove(k);
+    }
+    let t = EventType::parse(get_s(event, A_TYPE, "event.event_type")?)
+        .map_err(|_| corrupt("event.event_type"))?;
+    it.extend(key(inbox_pk(account), inbox_sk(id)));
+    it.insert(TSK.to_owned(), s(type_sk(&t, id)));
+    it.insert(A_LEASE_COUNT.to_owned(), n(0));
+    Ok(it)
 }
 
 /// The inbox sort key: the hyphenated lowercase UUIDv7, whose byte order is
@@ -184,6 +393,8 @@ pub(crate) struct EventItems {
     pub inbox: Item,
     /// `EV#{account}#{id}` / `M#nnn`: metadata too large to sit inline.
     pub parts: Vec<Item>,
+    /// `AV#{account}` / `{id}`: available to leases.
+    pub available: Item,
 }
 
 /// Splits `text` into pieces of at most `max` bytes on char boundaries.
@@ -255,6 +466,7 @@ pub(crate) fn event_items_with_limits(
         event,
         inbox,
         parts,
+        available: available_marker(&e.account, &type_hash(&e.event_type), &e.event_id),
     }
 }
 
@@ -384,6 +596,8 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
         JsonObject::from_json_text(metadata_text).map_err(|_| corrupt("event.metadata"))?;
     let timestamp = get_ms(item, A_TS, "event.timestamp")?;
     let delivered_at = get_opt_ms(item, A_DELIVERED_AT, "event.delivered_at")?;
+    let lease_count = get_opt_n(item, A_LEASE_COUNT, "event.lease_count")?.unwrap_or(0);
+    let quarantined = item.contains_key(A_QUARANTINED);
     Ok(Event {
         event_id,
         account,
@@ -394,6 +608,9 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
         timestamp,
         delivered: delivered_at.is_some(),
         delivered_at,
+        lease_count: u32::try_from(lease_count).map_err(|_| corrupt("event.lease_count"))?,
+        leased_until: get_opt_ms(item, A_LEASED_UNTIL, "event.leased_until")?,
+        quarantined,
     })
 }
 

@@ -116,12 +116,19 @@ pub async fn a_fetched_event_has_every_field_and_is_undelivered(b: Backend) {
             "delivered_at",
             "event_id",
             "event_type",
+            "lease_count",
+            "leased_until",
             "metadata",
             "payload",
+            "quarantined",
             "source",
             "timestamp"
         ]
     );
+    // v2: never leased.
+    assert_eq!(v["lease_count"], 0);
+    assert_eq!(v["leased_until"], Value::Null);
+    assert_eq!(v["quarantined"], false);
     assert_eq!(v["event_id"], id.as_str());
     assert_eq!(v["event_type"], "t");
     assert_eq!(v["payload"], json!({"a": 1}));

@@ -59,9 +59,32 @@ pub async fn the_openapi_document_is_3_1_and_covers_every_endpoint(b: Backend) {
         ("/inbox", "get"),
         ("/events/{id}", "get"),
         ("/events/{id}", "delete"),
+        ("/inbox/lease", "post"),
+        ("/inbox/ack", "post"),
+        ("/inbox/release", "post"),
+        ("/events/{id}/requeue", "post"),
     ] {
         assert!(paths[path][method].is_object(), "{method} {path} missing");
     }
+    // v2 fields and constraints are documented.
+    let event = &v["components"]["schemas"]["Event"]["properties"];
+    for f in ["lease_count", "leased_until", "quarantined"] {
+        assert!(event[f].is_object(), "Event.{f} missing");
+    }
+    let lease = &v["components"]["schemas"]["LeaseRequest"]["properties"];
+    for (f, min, max) in [
+        ("limit", 1, 100),
+        ("lease_seconds", 1, 3600),
+        ("wait_seconds", 0, 20),
+    ] {
+        assert_eq!(lease[f]["minimum"], min, "LeaseRequest.{f}: {}", lease[f]);
+        assert_eq!(lease[f]["maximum"], max, "LeaseRequest.{f}: {}", lease[f]);
+    }
+    assert!(v["components"]["schemas"]["ErrorCode"]
+        .to_string()
+        .contains("CONFLICT"));
+    let inbox_params = paths["/inbox"]["get"]["parameters"].to_string();
+    assert!(inbox_params.contains("\"state\""), "{inbox_params}");
     let problem = &v["components"]["schemas"]["Problem"]["properties"];
     for f in [
         "type",

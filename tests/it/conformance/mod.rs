@@ -5,6 +5,7 @@
 mod auth;
 mod events;
 mod inbox;
+mod leases;
 mod meta;
 mod snapshots;
 mod transport;
@@ -112,6 +113,29 @@ suite! {
     inbox::an_account_sees_only_its_own_inbox,
     inbox::a_page_ends_early_at_its_byte_bound_with_a_cursor_and_at_least_one_event,
     inbox::clients_of_the_original_service_work_unchanged,
+
+    leases::a_lease_takes_the_oldest_available_events_and_holds_them_until_leased_until,
+    leases::two_concurrent_leases_never_share_an_event,
+    leases::leased_events_are_available_again_exactly_at_leased_until,
+    leases::an_ack_after_the_lease_ended_is_stale_only_for_events_leased_again_or_acknowledged,
+    leases::ack_and_release_of_a_subset_leave_the_rest_of_the_lease_held,
+    leases::an_unknown_or_foreign_lease_id_is_404,
+    leases::an_event_leased_max_leases_times_is_quarantined,
+    leases::the_last_lease_of_a_quarantined_event_may_still_acknowledge_it,
+    leases::the_quarantined_listing_pages_like_the_inbox,
+    leases::requeue_brings_a_quarantined_event_back_with_lease_count_0,
+    leases::the_event_type_filter_applies_to_leases,
+    leases::a_long_poll_wakes_up_when_an_event_is_ingested_on_this_instance,
+    leases::a_long_poll_wakes_up_when_an_event_is_ingested_on_another_instance,
+    leases::a_long_poll_answers_empty_when_its_wait_ends,
+    leases::a_long_poll_finds_a_lease_that_ends_while_it_waits,
+    leases::shutdown_ends_a_long_poll_promptly,
+    leases::over_the_waiter_budget_a_lease_answers_at_once,
+    leases::v1_walks_and_delete_keep_working_beside_leases,
+    leases::an_event_deleted_while_leased_takes_no_place_in_later_leases,
+    leases::leases_hold_across_instances_and_restarts,
+    leases::a_viewer_gets_403_on_the_lease_routes_before_the_body_is_read,
+    leases::lease_ack_and_release_bodies_are_validated,
 
     snapshots::every_error_body_matches_its_snapshot,
 }
