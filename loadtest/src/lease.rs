@@ -49,6 +49,13 @@ struct Seen {
 
 static TRACKER: Mutex<Option<Tracker>> = Mutex::new(None);
 
+/// Simulated processing time per lease (between the lease and its ack), ms.
+static PROCESS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(crate) fn set_process_ms(ms: u64) {
+    PROCESS_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn with_tracker<T>(f: impl FnOnce(&mut Tracker) -> T) -> T {
     let mut guard = TRACKER.lock().unwrap_or_else(|e| e.into_inner());
     f(guard.get_or_insert_with(Tracker::default))
@@ -150,8 +157,9 @@ async fn post<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// A consumer's turn: lease up to 100, "process" them (nothing), ack the
-/// lease. An empty lease backs off 20 ms instead of spinning.
+/// A consumer's turn: lease up to 100, "process" them (`--process-ms`,
+/// default nothing), ack the lease. An empty lease backs off 20 ms instead
+/// of spinning.
 pub(crate) async fn lease_and_ack(user: &mut GooseUser) -> TransactionResult {
     let body = format!(r#"{{"limit":{LIMIT},"lease_seconds":{LEASE_SECONDS}}}"#);
     let Some(leased) = post::<LeaseAnswer>(user, "/inbox/lease", body).await? else {
@@ -167,6 +175,10 @@ pub(crate) async fn lease_and_ack(user: &mut GooseUser) -> TransactionResult {
         return Ok(());
     };
     record_lease(&ids, until);
+    let process = PROCESS_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if process > 0 {
+        tokio::time::sleep(Duration::from_millis(process)).await;
+    }
     let body = serde_json::json!({ "lease_id": lease_id }).to_string();
     if let Some(acked) = post::<AckAnswer>(user, "/inbox/ack", body).await? {
         record_ack(&acked.acknowledged, acked.stale.len());

@@ -108,6 +108,11 @@ struct Args {
     /// lease scenario: producers POSTing events meanwhile.
     #[arg(long, default_value_t = 4)]
     producers: usize,
+    /// lease scenario: milliseconds a consumer spends "processing" each
+    /// lease before acknowledging it (0: ack at once, a closed loop as fast
+    /// as the server answers).
+    #[arg(long, default_value_t = 0)]
+    process_ms: u64,
     /// Seconds each phase runs after all users have started.
     #[arg(long, default_value_t = 30)]
     run_time: u64,
@@ -1149,6 +1154,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             (Some(server), url, key, Some(pid))
         }
     };
+    lease::set_process_ms(args.process_ms);
     let _ = TARGET.set(Target {
         key,
         nonce: rand::random(),
@@ -1194,6 +1200,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         },
         "consumers": (args.scenario == Kind::Lease).then_some(args.consumers),
         "producers": (args.scenario == Kind::Lease).then_some(args.producers),
+        "process_ms": (args.scenario == Kind::Lease).then_some(args.process_ms),
         "run_time_secs": args.run_time,
         "seed_events": seed_n,
         "server_peak_rss_mib": hwm,
