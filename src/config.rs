@@ -238,6 +238,16 @@ pub struct ServeArgs {
     /// Largest serialized payload, in bytes.
     #[arg(long, env = "TRIGGERS_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
     pub max_payload_bytes: usize,
+    /// Largest POST /events/batch body, in bytes (each of its events also
+    /// within --max-body-bytes and --max-payload-bytes).
+    #[arg(long, env = "TRIGGERS_MAX_BATCH_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub max_batch_body_bytes: u64,
+    /// How long the response to a request with an Idempotency-Key is kept
+    /// and replayed, in seconds (24 h).
+    #[arg(long, env = "TRIGGERS_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    pub idempotency_ttl_secs: u64,
     /// Deduplication window, in seconds.
     #[arg(long, env = "TRIGGERS_DEDUP_WINDOW_SECS", default_value_t = 300)]
     pub dedup_window_secs: u64,
@@ -351,6 +361,10 @@ impl ServeConfig {
 pub struct Settings {
     pub max_body_bytes: usize,
     pub max_payload_bytes: usize,
+    /// The largest POST /events/batch body.
+    pub max_batch_body_bytes: usize,
+    /// How long a response kept for an Idempotency-Key is replayed.
+    pub idempotency_ttl: Duration,
     pub dedup_window: Duration,
     pub delivered_retention: Duration,
     pub store_timeout: Duration,
@@ -374,6 +388,8 @@ impl Default for Settings {
         Self {
             max_body_bytes: 512 * 1024,
             max_payload_bytes: 256 * 1024,
+            max_batch_body_bytes: 1024 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
             dedup_window: Duration::from_secs(300),
             delivered_retention: Duration::from_secs(30 * 24 * 3600),
             store_timeout: Duration::from_secs(5),
@@ -399,6 +415,8 @@ impl Settings {
         Self {
             max_body_bytes: a.max_body_bytes,
             max_payload_bytes: a.max_payload_bytes,
+            max_batch_body_bytes: usize::try_from(a.max_batch_body_bytes).unwrap_or(usize::MAX),
+            idempotency_ttl: Duration::from_secs(a.idempotency_ttl_secs),
             dedup_window: Duration::from_secs(a.dedup_window_secs),
             delivered_retention: Duration::from_secs(a.delivered_retention_secs),
             store_timeout: store.store_timeout(),

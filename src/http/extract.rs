@@ -70,6 +70,40 @@ fn is_json_content_type(v: Option<&header::HeaderValue>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Reads a body declared as JSON, refusing more than `limit` bytes: a
+/// declared length over it before reading, and the bytes actually read
+/// whatever the headers said (chunked bodies included).
+async fn read_json_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    if !is_json_content_type(req.headers().get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("The request body exceeds {limit} bytes."));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::validation(
+            "body",
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn too_deep() -> ApiError {
+    ApiError::validation(
+        "body",
+        format!("JSON nesting deeper than {MAX_DEPTH} levels"),
+    )
+}
+
 /// A request body sent as JSON, read within the body limit and checked
 /// for nesting depth; not yet parsed.
 pub struct JsonBody(pub bytes::Bytes);
@@ -78,38 +112,26 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if !is_json_content_type(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let limit = state.settings.max_body_bytes;
-        let too_large =
-            || ApiError::PayloadTooLarge(format!("The request body exceeds {limit} bytes."));
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        // The limit holds on the bytes actually read, whatever the headers said.
-        let bytes = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-            Err(_) => {
-                return Err(ApiError::validation(
-                    "body",
-                    "the request body could not be read",
-                ))
-            }
-        };
+        let bytes = read_json_body(req, state.settings.max_body_bytes).await?;
         if nesting_depth(&bytes, MAX_DEPTH) > MAX_DEPTH {
-            return Err(ApiError::validation(
-                "body",
-                format!("JSON nesting deeper than {MAX_DEPTH} levels"),
-            ));
+            return Err(too_deep());
         }
         Ok(Self(bytes))
+    }
+}
+
+/// A POST /events/batch body sent as JSON, read within the batch body
+/// limit; not yet parsed. Its nesting depth is checked per event
+/// ([`BatchRequest::parse_json`]): the envelope is read without recursion.
+pub struct BatchBody(pub bytes::Bytes);
+
+impl FromRequest<AppState> for BatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        read_json_body(req, state.settings.max_batch_body_bytes)
+            .await
+            .map(Self)
     }
 }
 
@@ -322,6 +344,123 @@ impl CreateEvent {
             metadata,
             fingerprint,
         })
+    }
+}
+
+/// A parsed POST /events/batch body: each event validated on its own, as
+/// the body of a POST /events (`Err`: its 400 or 413).
+pub struct BatchRequest {
+    pub events: Vec<Result<CreateEvent, ApiError>>,
+}
+
+/// The members of an array, raw, up to `max` of them, and how many there
+/// were in all (the rest are skipped without being kept).
+struct Items<'de> {
+    kept: Vec<&'de RawValue>,
+    count: usize,
+}
+
+struct ItemsVisitor {
+    max: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemsVisitor {
+    type Value = Items<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'de>, A::Error> {
+        let mut out = Items {
+            kept: Vec::new(),
+            count: 0,
+        };
+        loop {
+            if out.count < self.max {
+                match seq.next_element::<&'de RawValue>()? {
+                    Some(item) => out.kept.push(item),
+                    None => return Ok(out),
+                }
+            } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                return Ok(out);
+            }
+            out.count += 1;
+        }
+    }
+}
+
+impl BatchRequest {
+    pub const FIELDS: [&'static str; 1] = ["events"];
+    pub const MAX_EVENTS: usize = 100;
+
+    /// Parses a POST /events/batch body (within its byte limit). The
+    /// envelope — a JSON object whose only member is `events`, an array of
+    /// 1 to 100 items, the whole body well-formed JSON — is all or nothing
+    /// (400 listing every problem). Each item is then judged as the body of
+    /// a POST /events would be: over `max_event_bytes` 413, nested deeper
+    /// than 128 levels 400, otherwise [`CreateEvent::parse_json`]. Nothing
+    /// here recurses before an item's depth is known.
+    pub fn parse_json(
+        body: &[u8],
+        max_event_bytes: usize,
+        max_payload_bytes: usize,
+    ) -> Result<Self, ApiError> {
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
+        let events = match fields.get("events") {
+            None => {
+                errors.push(FieldError::new("events", "is required"));
+                None
+            }
+            Some(raw) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                // Items are skipped without recursion; each one's depth is
+                // checked before it is parsed.
+                de.disable_recursion_limit();
+                let parsed = serde::Deserializer::deserialize_seq(
+                    &mut de,
+                    ItemsVisitor {
+                        max: Self::MAX_EVENTS,
+                    },
+                );
+                match parsed {
+                    Ok(items) if (1..=Self::MAX_EVENTS).contains(&items.count) => Some(items.kept),
+                    Ok(_) => {
+                        errors.push(FieldError::new(
+                            "events",
+                            format!("must hold 1 to {} events", Self::MAX_EVENTS),
+                        ));
+                        None
+                    }
+                    Err(_) => {
+                        errors.push(FieldError::new(
+                            "events",
+                            format!("must be an array of events, not {}", raw_type_name(raw)),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        let Some(items) = events.filter(|_| errors.is_empty()) else {
+            return Err(ApiError::Validation(errors));
+        };
+        let events = items
+            .into_iter()
+            .map(|item| {
+                let text = item.get().as_bytes();
+                if text.len() > max_event_bytes {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "The event exceeds {max_event_bytes} bytes (the largest POST /events body)."
+                    )));
+                }
+                if nesting_depth(text, MAX_DEPTH) > MAX_DEPTH {
+                    return Err(too_deep());
+                }
+                CreateEvent::parse_json(text, max_payload_bytes)
+            })
+            .collect();
+        Ok(Self { events })
     }
 }
 

@@ -997,7 +997,7 @@ mod dynamodb {
         // The purge (a no-op on DynamoDB: TTL deletes) and the rest.
         app.state
             .store
-            .purge(chrono::Utc::now(), chrono::Utc::now())
+            .purge(chrono::Utc::now(), chrono::Utc::now(), chrono::Utc::now())
             .await
             .expect("purge");
         let requests = proxy.take();
