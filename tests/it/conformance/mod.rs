@@ -3,7 +3,10 @@
 //! `suite!` macro instantiates it as `sqlite::<name>` and `dynamodb::<name>`.
 
 mod auth;
+mod batch;
 mod events;
+mod held;
+mod idempotency;
 mod inbox;
 mod leases;
 mod meta;
@@ -138,4 +141,28 @@ suite! {
     leases::lease_ack_and_release_bodies_are_validated,
 
     snapshots::every_error_body_matches_its_snapshot,
+
+    batch::a_batch_answers_every_event_in_request_order,
+    batch::a_repeat_inside_one_batch_is_a_duplicate_of_its_first,
+    batch::a_malformed_envelope_is_400_for_the_whole_batch,
+    batch::a_batch_of_100_events_is_accepted_and_101_is_400,
+    batch::the_batch_byte_limit_holds_on_the_bytes_read_and_events_keep_theirs,
+    batch::nesting_is_judged_per_event,
+    batch::a_viewer_gets_403_on_batch_before_the_body_or_key_is_read,
+    batch::a_batch_counts_once_against_the_rate_limit,
+    batch::batch_events_count_in_the_ingest_and_duplicate_metrics,
+    batch::a_store_failure_fails_the_whole_batch_and_its_retry_is_deduplicated,
+    batch::concurrent_identical_batches_create_each_event_once,
+    batch::a_batch_wakes_a_long_poll_and_its_events_are_leasable,
+
+    idempotency::a_retry_with_the_same_key_and_body_gets_the_first_response_again,
+    idempotency::the_same_key_with_another_body_or_route_is_409,
+    idempotency::the_same_request_while_the_first_is_under_way_is_409_retryable,
+    idempotency::equal_keys_of_different_accounts_never_meet,
+    idempotency::a_kept_response_expires_after_24_hours,
+    idempotency::an_invalid_idempotency_key_is_400_naming_the_header,
+    idempotency::answers_other_than_2xx_are_not_kept,
+    idempotency::a_retry_after_a_lost_answer_creates_no_second_event,
+    idempotency::a_claim_left_by_a_request_that_died_lapses_after_the_request_timeout,
+    idempotency::kept_responses_hold_across_instances_and_restarts,
 }
