@@ -898,9 +898,16 @@ mod dynamodb {
         let replay = idem(&batch, "deploy-1").await.expect("batch again");
         assert_eq!(replay.headers()["idempotent-replayed"], "true");
         let other = json!({"events": [{"event_type": "batched", "payload": {"n": 2}}]});
-        assert_eq!(idem(&other, "deploy-1").await.expect("conflict").status(), 409);
+        assert_eq!(
+            idem(&other, "deploy-1").await.expect("conflict").status(),
+            409
+        );
         let single = app
-            .post_json("/events", &key, &json!({"event_type": "keyed", "payload": {}}))
+            .post_json(
+                "/events",
+                &key,
+                &json!({"event_type": "keyed", "payload": {}}),
+            )
             .header("idempotency-key", "deploy-2")
             .send()
             .await

@@ -18,9 +18,9 @@ use triggers_api::domain::{
 };
 use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
 use triggers_api::store::{
-    AckOutcome, ClaimOutcome, Dedup, Fingerprint, Finish, IdempotencyClaim, InboxQuery,
-    InboxState, Insert, Inserted, KeptResponse, KeyChange, LeaseRequest, NewEvent, Position,
-    RequeueOutcome, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Fingerprint, Finish, IdempotencyClaim, InboxQuery, InboxState,
+    Insert, Inserted, KeptResponse, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome,
+    Store, StoreError,
 };
 
 const WINDOW: Duration = Duration::from_secs(300);
@@ -1400,10 +1400,18 @@ async fn request_counts_per_operation() {
     )
     .await;
     assert!(r.expect("keep"));
-    check("Idempotency-Key: keep the response", c, &[("UpdateItem", 1)]);
+    check(
+        "Idempotency-Key: keep the response",
+        c,
+        &[("UpdateItem", 1)],
+    );
     let (r, c) = count(&store, store.claim_idempotency_key(&claim)).await;
     assert!(matches!(r.expect("claim"), ClaimOutcome::Kept { .. }));
-    check("Idempotency-Key: claim (kept: replay)", c, &[("PutItem", 1)]);
+    check(
+        "Idempotency-Key: claim (kept: replay)",
+        c,
+        &[("PutItem", 1)],
+    );
     let other = IdempotencyClaim {
         key: IdempotencyKey::parse(b"count-2").expect("key"),
         ..claim.clone()
@@ -1493,7 +1501,10 @@ async fn a_batch_is_deduplicated_within_itself_and_against_the_store() {
     let b = batch_insert(&acct, "b");
     let earlier = batch_insert(&acct, "earlier");
     assert_eq!(
-        store.insert_event(earlier.event.clone(), earlier.dedup).await.expect("insert"),
+        store
+            .insert_event(earlier.event.clone(), earlier.dedup)
+            .await
+            .expect("insert"),
         Inserted::Created
     );
     let mut big = batch_insert(&acct, "big");
@@ -1545,7 +1556,9 @@ async fn a_batch_is_deduplicated_within_itself_and_against_the_store() {
 async fn concurrent_identical_batches_create_each_event_exactly_once() {
     let store = Arc::new(fresh().await);
     let acct = account("acct-cb");
-    let batch: Vec<Insert> = (0..60).map(|i| batch_insert(&acct, &format!("{i}"))).collect();
+    let batch: Vec<Insert> = (0..60)
+        .map(|i| batch_insert(&acct, &format!("{i}")))
+        .collect();
     let runs = (0..5).map(|_| {
         let (store, events) = (store.clone(), batch.iter().map(renewed).collect::<Vec<_>>());
         tokio::spawn(async move {

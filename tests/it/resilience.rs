@@ -175,7 +175,9 @@ impl Store for Switchable {
         finish: Finish,
     ) -> Result<bool, StoreError> {
         self.gate_write().await?;
-        self.inner.finish_idempotency_key(a, key, token, finish).await
+        self.inner
+            .finish_idempotency_key(a, key, token, finish)
+            .await
     }
     async fn purge(
         &self,

@@ -110,10 +110,7 @@ fn refused(index: usize, e: ApiError) -> BatchItemResult {
     if errors.len() > MAX_ITEM_ERRORS {
         let more = errors.len() - (MAX_ITEM_ERRORS - 1);
         errors.truncate(MAX_ITEM_ERRORS - 1);
-        errors.push(FieldError::new(
-            "body",
-            format!("and {more} more problems"),
-        ));
+        errors.push(FieldError::new("body", format!("and {more} more problems")));
     }
     let errors = errors
         .into_iter()

@@ -136,7 +136,11 @@ pub async fn create_event(
             timestamp: format_ts(&out.timestamp),
             duplicate: out.duplicate,
         };
-        Rendered::json(status, location(&out.event_id).into_iter().collect(), &accepted)
+        Rendered::json(
+            status,
+            location(&out.event_id).into_iter().collect(),
+            &accepted,
+        )
     };
     respond_idempotently(
         &state,
@@ -182,8 +186,12 @@ pub struct IdempotencyKeyParam {
     /// The same key with another body is 409, and so is the same request
     /// while the first is still being processed (with Retry-After). 1–255
     /// printable ASCII characters, not beginning or ending with a space.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255,
-            pattern = "^[!-~]([ -~]{0,253}[!-~])?$")]
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]([ -~]{0,253}[!-~])?$"
+    )]
     idempotency_key: Option<String>,
 }
 

@@ -96,7 +96,9 @@ impl DynamoStore {
         }
         out.into_iter()
             .map(|o| {
-                o.ok_or_else(|| StoreError::Internal(Box::new(Message("batch event left undecided"))))
+                o.ok_or_else(|| {
+                    StoreError::Internal(Box::new(Message("batch event left undecided")))
+                })
             })
             .collect()
     }

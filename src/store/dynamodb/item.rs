@@ -348,10 +348,7 @@ pub(crate) const I_BODY: &str = "body";
 
 /// A claim's record: in flight until it lapses.
 pub(crate) fn idempotency_claim_item(claim: &IdempotencyClaim) -> Item {
-    let mut it = key(
-        idempotency_pk(&claim.account, &claim.key),
-        IDEMPOTENCY_SK,
-    );
+    let mut it = key(idempotency_pk(&claim.account, &claim.key), IDEMPOTENCY_SK);
     it.insert(
         I_REQUEST.to_owned(),
         AttributeValue::B(Blob::new(claim.request.to_vec())),
@@ -856,10 +853,7 @@ mod tests {
             lapses_at: now + chrono::Duration::seconds(30),
         };
         let mut it = idempotency_claim_item(&claim);
-        assert_eq!(
-            it.get(PK),
-            Some(&s("IK#acct#order#42 / retry".to_owned()))
-        );
+        assert_eq!(it.get(PK), Some(&s("IK#acct#order#42 / retry".to_owned())));
         let rec = idempotency_record(&it).expect("maps back");
         assert_eq!(rec.request, [9; 32]);
         assert_eq!(rec.expires_ms, claim.lapses_at.timestamp_millis());

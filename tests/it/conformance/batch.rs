@@ -19,7 +19,10 @@ async fn post_batch(app: &TestApp, key: &str, events: &[Value]) -> (u16, Value) 
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    (status, crate::support::parse_deep(&resp.text().await.unwrap()))
+    (
+        status,
+        crate::support::parse_deep(&resp.text().await.unwrap()),
+    )
 }
 
 fn results(v: &Value) -> &Vec<Value> {
@@ -62,7 +65,12 @@ pub async fn a_batch_answers_every_event_in_request_order(b: Backend) {
     }
     // Accepted events: id, timestamp, duplicate; nothing else.
     for i in [0, 2, 7] {
-        let keys: Vec<&str> = r[i].as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = r[i]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             keys,
             ["index", "status", "event_id", "timestamp", "duplicate"],
@@ -149,7 +157,10 @@ pub async fn a_malformed_envelope_is_400_for_the_whole_batch(b: Backend) {
         (format!(r#"{{"events":[{}]"#, ev(1)), &["body"]),
         (format!(r#"{{"events":[{}]}} x"#, ev(1)), &["body"]),
         // Malformed JSON inside an item is the body's, not the item's.
-        (r#"{"events":[{"event_type":"t","payload":{]}"#.into(), &["body"]),
+        (
+            r#"{"events":[{"event_type":"t","payload":{]}"#.into(),
+            &["body"],
+        ),
     ];
     for (body, fields) in cases {
         let resp = app
@@ -158,7 +169,12 @@ pub async fn a_malformed_envelope_is_400_for_the_whole_batch(b: Backend) {
             .await
             .unwrap();
         let p = problem(resp, 400, "VALIDATION_ERROR").await;
-        assert_eq!(error_fields(&p), *fields, "{}: {p}", &body[..body.len().min(80)]);
+        assert_eq!(
+            error_fields(&p),
+            *fields,
+            "{}: {p}",
+            &body[..body.len().min(80)]
+        );
     }
     // Invalid UTF-8 anywhere makes the body malformed.
     let mut bytes = format!(r#"{{"events":[{{"event_type":"t","payload":{{"s":"#).into_bytes();
@@ -208,7 +224,8 @@ pub async fn a_batch_of_100_events_is_accepted_and_101_is_400(b: Backend) {
 pub async fn the_batch_byte_limit_holds_on_the_bytes_read_and_events_keep_theirs(b: Backend) {
     let (app, key) = TestApp::with_creator(b).await;
     // Over 512 KiB (a POST /events body) but within 1 MiB: accepted.
-    let big = |n: usize| json!({"event_type": "big", "payload": {"n": n, "p": "x".repeat(250 * 1024)}});
+    let big =
+        |n: usize| json!({"event_type": "big", "payload": {"n": n, "p": "x".repeat(250 * 1024)}});
     let (status, v) = post_batch(&app, &key, &[big(1), big(2), big(3)]).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(statuses(&v), [201, 201, 201]);
@@ -282,15 +299,28 @@ pub async fn nesting_is_judged_per_event(b: Backend) {
         nested(128),
         ev(1)
     );
-    let resp = app.post_raw("/events/batch", &key, body).send().await.unwrap();
+    let resp = app
+        .post_raw("/events/batch", &key, body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let v = crate::support::parse_deep(&resp.text().await.unwrap());
     assert_eq!(statuses(&v), [201, 400, 201]);
     assert_eq!(error_fields(&results(&v)[1]), ["body"]);
     // A whole body nested far deeper is refused per event too, never by a
     // stack overflow.
-    let deep = format!(r#"{{"events":[{}{},{}]}}"#, "[".repeat(100_000), "]".repeat(100_000), ev(2));
-    let resp = app.post_raw("/events/batch", &key, deep).send().await.unwrap();
+    let deep = format!(
+        r#"{{"events":[{}{},{}]}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000),
+        ev(2)
+    );
+    let resp = app
+        .post_raw("/events/batch", &key, deep)
+        .send()
+        .await
+        .unwrap();
     let v: Value = resp.json().await.unwrap();
     assert_eq!(statuses(&v), [400, 201]);
 }
@@ -331,7 +361,10 @@ pub async fn a_batch_counts_once_against_the_rate_limit(b: Backend) {
     let app = TestApp::start(b).await;
     let key = app.key_with_limit("acme", Role::Creator, 2).await;
     let events: Vec<Value> = (0..50).map(ev).collect();
-    let send = || app.post_json("/events/batch", &key, &json!({ "events": events })).send();
+    let send = || {
+        app.post_json("/events/batch", &key, &json!({ "events": events }))
+            .send()
+    };
     let first = send().await.unwrap();
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["ratelimit-remaining"], "1");
@@ -434,7 +467,11 @@ pub async fn concurrent_identical_batches_create_each_event_once(b: Backend) {
 pub async fn a_batch_wakes_a_long_poll_and_its_events_are_leasable(b: Backend) {
     let (app, key) = TestApp::with_creator(b).await;
     let lease = app
-        .post_json("/inbox/lease", &key, &json!({"limit": 100, "wait_seconds": 5}))
+        .post_json(
+            "/inbox/lease",
+            &key,
+            &json!({"limit": 100, "wait_seconds": 5}),
+        )
         .send();
     let poll = tokio::spawn(async move {
         let resp = lease.await.unwrap();

@@ -111,12 +111,21 @@ pub async fn a_retry_with_the_same_key_and_body_gets_the_first_response_again(b:
 
 pub async fn the_same_key_with_another_body_or_route_is_409(b: Backend) {
     let (app, key) = TestApp::with_creator(b).await;
-    assert_eq!(send(&app, "/events", &key, Some("k"), EVENT).await.status, 201);
+    assert_eq!(
+        send(&app, "/events", &key, Some("k"), EVENT).await.status,
+        201
+    );
     // Another payload; the same JSON spelled differently (the body must be
     // byte-identical); the other ingest route.
     let others = [
-        ("/events", r#"{"event_type":"order.created","payload":{"order":43}}"#.to_owned()),
-        ("/events", r#"{"payload":{"order":42},"event_type":"order.created"}"#.to_owned()),
+        (
+            "/events",
+            r#"{"event_type":"order.created","payload":{"order":43}}"#.to_owned(),
+        ),
+        (
+            "/events",
+            r#"{"payload":{"order":42},"event_type":"order.created"}"#.to_owned(),
+        ),
         ("/events", format!("{EVENT} ")),
         ("/events/batch", format!(r#"{{"events":[{EVENT}]}}"#)),
     ];
@@ -126,7 +135,10 @@ pub async fn the_same_key_with_another_body_or_route_is_409(b: Backend) {
         assert_eq!(a.retry_after, None, "not retryable");
         let p = a.json();
         assert_eq!(p["code"], "CONFLICT");
-        assert!(p["detail"].as_str().unwrap().contains("different request"), "{p}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("different request"),
+            "{p}"
+        );
     }
     assert_eq!(app.walk_inbox(&key, 50, None).await.len(), 1);
     let resp = app
@@ -160,7 +172,13 @@ pub async fn the_same_request_while_the_first_is_under_way_is_409_retryable(b: B
     assert_eq!(second.retry_after.as_deref(), Some("1"));
     let p = second.json();
     assert_eq!(p["code"], "CONFLICT");
-    assert!(p["detail"].as_str().unwrap().contains("still being processed"), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("still being processed"),
+        "{p}"
+    );
     // Another request with the key while the first is under way: the
     // plain conflict (retrying it would not help).
     let other = send(&app, "/events/batch", &key, Some("slow"), &batch_body(3)).await;
@@ -216,7 +234,10 @@ pub async fn a_kept_response_expires_after_24_hours(b: Backend) {
     let late = send(&app, "/events", &key, Some("day"), EVENT).await;
     assert_eq!((late.status, &late.body), (201, &first.body));
     let other = r#"{"event_type":"t","payload":{"n":1}}"#;
-    assert_eq!(send(&app, "/events", &key, Some("day"), other).await.status, 409);
+    assert_eq!(
+        send(&app, "/events", &key, Some("day"), other).await.status,
+        409
+    );
     app.clock.advance(Duration::milliseconds(1));
     // Expired: the key is free; the request is served anew (past the
     // dedup window too, so a new event).
@@ -230,7 +251,10 @@ pub async fn a_kept_response_expires_after_24_hours(b: Backend) {
     // The purge removes expired records (no effect on answers).
     app.clock.advance(Duration::hours(25));
     app.state.purge_once().await.unwrap();
-    assert_eq!(send(&app, "/events", &key, Some("day"), other).await.status, 201);
+    assert_eq!(
+        send(&app, "/events", &key, Some("day"), other).await.status,
+        201
+    );
 }
 
 pub async fn an_invalid_idempotency_key_is_400_naming_the_header(b: Backend) {
@@ -268,12 +292,23 @@ pub async fn an_invalid_idempotency_key_is_400_naming_the_header(b: Backend) {
     assert!(app.walk_inbox(&key, 50, None).await.is_empty());
     // The longest and the oddest valid keys work.
     let longest = "~".repeat(255);
-    assert_eq!(send(&app, "/events", &key, Some(&longest), EVENT).await.status, 201);
+    assert_eq!(
+        send(&app, "/events", &key, Some(&longest), EVENT)
+            .await
+            .status,
+        201
+    );
     let odd = r#"a b"c\d{}#"#;
     let other = r#"{"event_type":"t","payload":{"odd":1}}"#;
-    assert_eq!(send(&app, "/events", &key, Some(odd), other).await.status, 201);
     assert_eq!(
-        send(&app, "/events", &key, Some(odd), other).await.replayed.as_deref(),
+        send(&app, "/events", &key, Some(odd), other).await.status,
+        201
+    );
+    assert_eq!(
+        send(&app, "/events", &key, Some(odd), other)
+            .await
+            .replayed
+            .as_deref(),
         Some("true")
     );
     let resp = app
@@ -294,12 +329,26 @@ pub async fn answers_other_than_2xx_are_not_kept(b: Backend) {
     // A 400 (the body is invalid) leaves the key free ...
     let invalid = send(&app, "/events", &key, Some("k4"), r#"{"event_type":""}"#).await;
     assert_eq!(invalid.status, 400);
-    assert_eq!(send(&app, "/events", &key, Some("k4"), EVENT).await.status, 201);
+    assert_eq!(
+        send(&app, "/events", &key, Some("k4"), EVENT).await.status,
+        201
+    );
     // ... and so does a 413.
-    let big = format!(r#"{{"event_type":"t","payload":{{"p":"{}"}}}}"#, "x".repeat(300 * 1024));
-    assert_eq!(send(&app, "/events", &key, Some("k413"), &big).await.status, 413);
+    let big = format!(
+        r#"{{"event_type":"t","payload":{{"p":"{}"}}}}"#,
+        "x".repeat(300 * 1024)
+    );
+    assert_eq!(
+        send(&app, "/events", &key, Some("k413"), &big).await.status,
+        413
+    );
     let small = r#"{"event_type":"t","payload":{"p":"x"}}"#;
-    assert_eq!(send(&app, "/events", &key, Some("k413"), small).await.status, 201);
+    assert_eq!(
+        send(&app, "/events", &key, Some("k413"), small)
+            .await
+            .status,
+        201
+    );
     // A 503 too: the retry with the same key succeeds.
     hooks.set(Inserts::Refuse);
     let body = batch_body(2);
@@ -377,12 +426,33 @@ pub async fn a_claim_left_by_a_request_that_died_lapses_after_the_request_timeou
 
 pub async fn kept_responses_hold_across_instances_and_restarts(b: Backend) {
     let (app, key) = TestApp::with_creator(b).await;
-    let first = send(&app, "/events/batch", &key, Some("everywhere"), &batch_body(4)).await;
+    let first = send(
+        &app,
+        "/events/batch",
+        &key,
+        Some("everywhere"),
+        &batch_body(4),
+    )
+    .await;
     assert_eq!(first.status, 200);
     let other = app.another_instance().await;
-    let again = send(&other, "/events/batch", &key, Some("everywhere"), &batch_body(4)).await;
+    let again = send(
+        &other,
+        "/events/batch",
+        &key,
+        Some("everywhere"),
+        &batch_body(4),
+    )
+    .await;
     assert_eq!(again.body, first.body);
     assert_eq!(again.replayed.as_deref(), Some("true"));
-    let conflict = send(&other, "/events/batch", &key, Some("everywhere"), &batch_body(5)).await;
+    let conflict = send(
+        &other,
+        "/events/batch",
+        &key,
+        Some("everywhere"),
+        &batch_body(5),
+    )
+    .await;
     assert_eq!(conflict.status, 409);
 }
