@@ -919,7 +919,9 @@ fn insert_in(c: &Connection, e: &NewEvent, dedup: &Dedup) -> Result<Inserted, St
 /// and the write are one atomic step.
 fn claim_in(c: &Connection, claim: &IdempotencyClaim) -> Result<ClaimOutcome, StoreError> {
     let (account, key) = (claim.account.as_str(), claim.key.as_str());
-    let row: Option<(Vec<u8>, i64, Option<i64>, Option<Vec<u8>>)> = c
+    /// request, expires_ms, status, body
+    type Row = (Vec<u8>, i64, Option<i64>, Option<Vec<u8>>);
+    let row: Option<Row> = c
         .prepare_cached(
             "SELECT request, expires_ms, status, body FROM idempotency \
              WHERE account = ?1 AND key = ?2",

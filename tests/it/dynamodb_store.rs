@@ -1339,7 +1339,7 @@ async fn request_counts_per_operation() {
         c,
         &[("TransactWriteItems", 4)],
     );
-    let again: Vec<Insert> = batch.iter().map(|i| renewed(i)).collect();
+    let again: Vec<Insert> = batch.iter().map(renewed).collect();
     let (r, c) = count(&store, store.insert_events(again)).await;
     let r = r.expect("batch");
     assert!(r.iter().all(|o| matches!(o, Inserted::Duplicate { .. })));

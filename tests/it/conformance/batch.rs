@@ -177,7 +177,7 @@ pub async fn a_malformed_envelope_is_400_for_the_whole_batch(b: Backend) {
         );
     }
     // Invalid UTF-8 anywhere makes the body malformed.
-    let mut bytes = format!(r#"{{"events":[{{"event_type":"t","payload":{{"s":"#).into_bytes();
+    let mut bytes = br#"{"events":[{"event_type":"t","payload":{"s":"#.to_vec();
     bytes.extend_from_slice(b"\"\xff\"}}]}");
     let p = problem(
         app.post_raw("/events/batch", &key, bytes)
