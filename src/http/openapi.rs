@@ -16,7 +16,7 @@ use super::routes::{batch, events, leases, meta};
         events::create_event, batch::create_batch, events::list_inbox, events::get_event, events::ack_event,
         leases::lease, leases::ack, leases::release, leases::requeue,
     ),
-    components(schemas(super::error::ErrorCode, super::error::FieldError)),
+    components(schemas(super::error::ErrorCode, super::error::FieldError, events::InboxStateParam)),
     modifiers(&Security),
     tags(
         (name = "events", description = "Ingest, read and acknowledge events"),

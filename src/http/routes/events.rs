@@ -203,7 +203,7 @@ pub struct IdempotencyKeyParam {
         ("cursor" = Option<String>, Query, description = "next_cursor from the previous page"),
         ("event_type" = Option<String>, Query, min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
          description = "Only events of this type (1–255 characters, no control characters)"),
-        ("state" = Option<String>, Query, description = "inbox (default): undelivered events that are not quarantined, leased or not; quarantined: the quarantined ones (same paging)"),
+        ("state" = Option<InboxStateParam>, Query, description = "inbox (default): undelivered events that are not quarantined, leased or not; quarantined: the quarantined ones (same paging)"),
     ),
     security(("bearer" = []), ("api_key" = [])),
     responses(
@@ -237,6 +237,15 @@ pub async fn list_inbox(
             has_more: page.has_more,
         },
     }))
+}
+
+/// GET /inbox's `state` (OpenAPI).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum InboxStateParam {
+    Inbox,
+    Quarantined,
 }
 
 /// One event, delivered or not (delivered ones until retention ends).
