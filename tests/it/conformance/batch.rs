@@ -493,3 +493,48 @@ pub async fn a_batch_wakes_a_long_poll_and_its_events_are_leasable(b: Backend) {
     assert!(!ids.is_empty(), "{leased}");
     assert_eq!(*ids[0], results(&v)[0]["event_id"]);
 }
+
+/// Store-independent: the OpenAPI document states the batch route, its
+/// constraints and the Idempotency-Key header (schemathesis checks the
+/// server against them).
+pub async fn the_openapi_document_states_the_batch_route_and_the_idempotency_key(b: Backend) {
+    let app = TestApp::start(b).await;
+    let v: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch = &v["paths"]["/events/batch"]["post"];
+    for status in ["200", "400", "409", "413", "503"] {
+        assert!(batch["responses"][status].is_object(), "{status}");
+    }
+    let req = &v["components"]["schemas"]["BatchEventsRequest"];
+    assert_eq!(req["additionalProperties"], false);
+    assert_eq!(req["required"], json!(["events"]));
+    let events = &req["properties"]["events"];
+    assert_eq!(
+        (&events["minItems"], &events["maxItems"]),
+        (&json!(1), &json!(100))
+    );
+    for path in ["/events", "/events/batch"] {
+        let op = &v["paths"][path]["post"];
+        let header = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .unwrap_or_else(|| panic!("{path}: no Idempotency-Key"));
+        assert_eq!(header["in"], "header");
+        assert_eq!(header["required"], false);
+        assert_eq!(header["schema"]["maxLength"], 255);
+        assert!(op["responses"]["409"].is_object(), "{path}");
+        assert!(
+            op["responses"]["200"]["headers"]["Idempotent-Replayed"].is_object(),
+            "{path}"
+        );
+    }
+}

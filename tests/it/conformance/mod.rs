@@ -55,6 +55,7 @@ once! {
     meta::the_docs_page_renders_the_openapi_document_without_external_assets,
     transport::an_unknown_route_is_a_404_problem,
     transport::a_sane_request_id_is_echoed_and_an_insane_one_replaced,
+    batch::the_openapi_document_states_the_batch_route_and_the_idempotency_key,
 }
 
 suite! {
