@@ -869,7 +869,111 @@ mod tests {
         assert!(InboxParams::parse(Some("state=leased")).is_err());
     }
 
+    fn outcome(r: &Result<CreateEvent, ApiError>) -> String {
+        match r {
+            Ok(c) => format!(
+                "ok {} {} {:?} {:?} {}",
+                c.event_type.as_str(),
+                c.payload.as_str(),
+                c.source,
+                c.fingerprint,
+                c.metadata.as_str()
+            ),
+            Err(ApiError::Validation(errs)) => format!("400 {errs:?}"),
+            Err(ApiError::PayloadTooLarge(m)) => format!("413 {m}"),
+            Err(e) => format!("other {e:?}"),
+        }
+    }
+
+    /// One batch item as JSON text: valid events, each kind of invalid
+    /// one, and values that are not events at all.
+    fn batch_item() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            Just(String::new()),
+            "[a-z.]{1,12}",
+            "\\PC{0,8}",
+            Just("\u{7}".to_owned()),
+        ];
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            text.clone().prop_map(Value::from),
+            proptest::collection::btree_map("[a-c]{1,2}", any::<u8>(), 0..4)
+                .prop_map(|m| serde_json::json!(m)),
+            "[a-z]{0,80}".prop_map(|s| serde_json::json!({ "pad": s })),
+            Just(serde_json::json!([1, 2])),
+        ];
+        let member = prop_oneof![
+            Just("event_type"),
+            Just("payload"),
+            Just("source"),
+            Just("metadata"),
+            Just("colour"),
+        ];
+        prop_oneof![
+            proptest::collection::vec((member, value.clone()), 0..6).prop_map(|kv| {
+                let fields: Vec<String> = kv
+                    .into_iter()
+                    .map(|(k, v)| format!("\"{k}\" : {v}"))
+                    .collect();
+                format!("{{ {} }}", fields.join(" , "))
+            }),
+            value.prop_map(|v| v.to_string()),
+        ]
+    }
+
+    #[test]
+    fn a_batch_envelope_is_refused_as_a_whole() {
+        let event = r#"{"event_type":"t","payload":{}}"#;
+        for (body, field) in [
+            ("[]".to_owned(), "body"),
+            ("{}".to_owned(), "events"),
+            (r#"{"events":{}}"#.to_owned(), "events"),
+            (r#"{"events":[]}"#.to_owned(), "events"),
+            (format!(r#"{{"events":[{event}],"x":1}}"#), "x"),
+            (format!(r#"{{"events":[{event}],"events":[]}}"#), "events"),
+            (format!(r#"{{"events":[{event}]"#), "body"),
+        ] {
+            match BatchRequest::parse_json(body.as_bytes(), 1024, 1024) {
+                Err(ApiError::Validation(errs)) => {
+                    assert_eq!(errs[0].field, field, "{body}")
+                }
+                _ => panic!("{body}: not refused"),
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn batch_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = BatchRequest::parse_json(&body, 64, 32);
+        }
+
+        #[test]
+        fn a_batch_holds_1_to_100_events(n in 0usize..150) {
+            let items = vec![r#"{"event_type":"t","payload":{}}"#; n].join(",");
+            let body = format!(r#"{{"events":[{items}]}}"#);
+            let parsed = BatchRequest::parse_json(body.as_bytes(), 1024, 1024);
+            prop_assert_eq!(parsed.is_ok(), (1..=100).contains(&n));
+        }
+
+        /// Each item is judged exactly as the same text sent alone to POST
+        /// /events (within the same limits) would be.
+        #[test]
+        fn each_batch_item_is_judged_as_its_own_post(items in proptest::collection::vec(batch_item(), 1..8)) {
+            let body = format!("{{ \"events\" : [ {} ] }}", items.join(" , "));
+            let parsed = BatchRequest::parse_json(body.as_bytes(), 96, 40).expect("a valid envelope");
+            prop_assert_eq!(parsed.events.len(), items.len());
+            for (item, got) in items.iter().zip(&parsed.events) {
+                let alone = if item.len() > 96 {
+                    Err(ApiError::PayloadTooLarge("The event exceeds 96 bytes (the largest POST /events body).".into()))
+                } else {
+                    CreateEvent::parse_json(item.as_bytes(), 40)
+                };
+                prop_assert_eq!(outcome(got), outcome(&alone), "{}", item);
+            }
+        }
+
         #[test]
         fn lease_body_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = LeaseParams::parse_json(&body);
