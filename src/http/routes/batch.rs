@@ -249,7 +249,7 @@ mod tests {
     /// The bound stated in the README for a kept batch answer: 100 items,
     /// each refused with the most and longest errors possible.
     #[test]
-    fn the_largest_batch_answer_is_under_256_kib() {
+    fn the_largest_batch_answer_is_under_192_kib() {
         let body = {
             let fields: Vec<String> = (0..50)
                 .map(|i| format!("\"{}{i}\":1", "\\u0001".repeat(300)))
@@ -273,7 +273,7 @@ mod tests {
             })
             .collect();
         let n = size(&merge(Vec::new(), items));
-        assert!(n < 256 * 1024, "{n}");
+        assert!(n < 192 * 1024, "{n}");
     }
 
     #[test]
