@@ -10,6 +10,13 @@
 //! `keys` CLI) may open the same file: `BEGIN IMMEDIATE` plus a busy timeout
 //! serialise their writers.
 //!
+//! A batch of events (`insert_events`) is one job: every event with its
+//! dedup check, in order, in the job's savepoint, so the batch commits
+//! whole or not at all, and a later event of the batch sees the dedup
+//! records of the earlier ones. Idempotency keys are rows of
+//! `idempotency` (see `MIGRATE_V3`), claimed and finished by writer jobs
+//! (the read and the write of a claim are one atomic step).
+//!
 //! Leases are writes like any other, so the one writer serialises them: a
 //! lease reads its candidates and marks them in one job, and no two leases
 //! can take one event. The lease state lives in columns of `events`
