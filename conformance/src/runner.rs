@@ -116,13 +116,18 @@ impl Report {
         )
     }
 
-    /// Every case's line(s), then the failed ones again by name, then the
-    /// summary.
+    /// Every case's line(s), then the [`footer`](Self::footer).
     pub fn text(&self) -> String {
         let mut s = String::new();
         for r in &self.results {
             let _ = writeln!(s, "{}", r.text());
         }
+        s + &self.footer()
+    }
+
+    /// The failed cases again by name, then the summary.
+    pub fn footer(&self) -> String {
+        let mut s = String::new();
         let failed: Vec<String> = self
             .results
             .iter()
@@ -186,7 +191,11 @@ impl Report {
                         let _ = writeln!(x, "{head}/>");
                     }
                     Outcome::Skipped(why) => {
-                        let _ = writeln!(x, "{head}>\n      <skipped message=\"{}\"/>\n    </testcase>", xml(why));
+                        let _ = writeln!(
+                            x,
+                            "{head}>\n      <skipped message=\"{}\"/>\n    </testcase>",
+                            xml(why)
+                        );
                     }
                     Outcome::Failed(msg) => {
                         let first = msg.lines().next().unwrap_or("failed");
@@ -364,7 +373,10 @@ pub async fn preflight(target: &Target, run_id: &str) -> Result<Vec<String>, Vec
     let named = [
         ("TRIGGERS_CONFORMANCE_CREATOR_KEY", &target.creator),
         ("TRIGGERS_CONFORMANCE_VIEWER_KEY", &target.viewer),
-        ("TRIGGERS_CONFORMANCE_OTHER_ACCOUNT_KEY", &target.other_account),
+        (
+            "TRIGGERS_CONFORMANCE_OTHER_ACCOUNT_KEY",
+            &target.other_account,
+        ),
     ];
     // Reading: every key but the revoked one may.
     for (var, key) in named {
@@ -385,7 +397,11 @@ pub async fn preflight(target: &Target, run_id: &str) -> Result<Vec<String>, Vec
     }
     // Writing: an invalid body tells the roles apart without writing.
     for (var, key, want) in [
-        ("TRIGGERS_CONFORMANCE_CREATOR_KEY", &target.creator, "creator"),
+        (
+            "TRIGGERS_CONFORMANCE_CREATOR_KEY",
+            &target.creator,
+            "creator",
+        ),
         (
             "TRIGGERS_CONFORMANCE_OTHER_ACCOUNT_KEY",
             &target.other_account,
@@ -415,7 +431,10 @@ pub async fn preflight(target: &Target, run_id: &str) -> Result<Vec<String>, Vec
     }
     // Accounts: the viewer sees the creator's event, the other account not.
     let body = json!({"event_type": format!("conf.{run_id}.preflight"), "payload": {}});
-    let resp = target.post_json("/events", &target.creator, &body).send().await;
+    let resp = target
+        .post_json("/events", &target.creator, &body)
+        .send()
+        .await;
     let id = match resp {
         Ok(resp) if resp.status().is_success() => resp
             .json::<Value>()
@@ -476,25 +495,48 @@ mod tests {
                 result(
                     "events",
                     "a_case_that_fails",
-                    Outcome::Failed("assertion `left == right` failed\n  left: \"<422>\" & \u{1}".into()),
+                    Outcome::Failed(
+                        "assertion `left == right` failed\n  left: \"<422>\" & \u{1}".into(),
+                    ),
                 ),
-                result("events", "a_case_that_needs_a_hook", Outcome::Skipped("needs the clock".into())),
+                result(
+                    "events",
+                    "a_case_that_needs_a_hook",
+                    Outcome::Skipped("needs the clock".into()),
+                ),
             ],
             elapsed: Duration::from_millis(1500),
             started_at: "2026-01-01T00:00:00Z".into(),
         };
-        assert_eq!((report.passed(), report.failed(), report.skipped()), (1, 1, 1));
+        assert_eq!(
+            (report.passed(), report.failed(), report.skipped()),
+            (1, 1, 1)
+        );
         assert!(!report.ok());
         let text = report.text();
-        assert!(text.contains("PASS  meta::a_case_that_passes (12 ms)"), "{text}");
-        assert!(text.contains("FAIL  events::a_case_that_fails (12 ms)\n      assertion"), "{text}");
-        assert!(text.contains("SKIP  events::a_case_that_needs_a_hook: needs the clock"), "{text}");
+        assert!(
+            text.contains("PASS  meta::a_case_that_passes (12 ms)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FAIL  events::a_case_that_fails (12 ms)\n      assertion"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SKIP  events::a_case_that_needs_a_hook: needs the clock"),
+            "{text}"
+        );
         assert!(text.ends_with(&format!("{}\n", report.summary())));
-        assert!(report.summary().starts_with("conformance: 1 passed, 1 failed, 1 skipped (3 cases)"));
+        assert!(report
+            .summary()
+            .starts_with("conformance: 1 passed, 1 failed, 1 skipped (3 cases)"));
         let x = report.junit();
         assert!(x.contains("<testsuite name=\"conformance.events\" tests=\"2\" failures=\"1\" errors=\"0\" skipped=\"1\""), "{x}");
         assert!(x.contains("&quot;&lt;422&gt;&quot; &amp; \u{FFFD}"), "{x}");
-        assert!(x.contains("value=\"http://127.0.0.1:1/p?&lt;&amp;&gt;\""), "{x}");
+        assert!(
+            x.contains("value=\"http://127.0.0.1:1/p?&lt;&amp;&gt;\""),
+            "{x}"
+        );
         assert!(!x.contains('\u{1}'));
     }
 

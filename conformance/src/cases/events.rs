@@ -7,12 +7,7 @@ use crate::{problem, ts, Ctx, Endpoint};
 /// GET and DELETE on `path` both answer a 404 problem.
 async fn assert_gone(cx: &Ctx, key: &str, path: &str) {
     problem(cx.get(path, key).send().await.unwrap(), 404, "NOT_FOUND").await;
-    problem(
-        cx.delete(path, key).send().await.unwrap(),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+    problem(cx.delete(path, key).send().await.unwrap(), 404, "NOT_FOUND").await;
 }
 
 /// RFC 3339 UTC with milliseconds: `2026-03-01T12:00:00.123Z`.
@@ -178,14 +173,13 @@ pub async fn key_order_and_whitespace_do_not_make_a_payload_different(cx: &Ctx) 
     assert_eq!(r1["event_id"], r2["event_id"]);
 }
 
-pub async fn escape_and_exponent_spelling_do_not_make_a_payload_different_but_digits_do(
-    cx: &Ctx,
-) {
+pub async fn escape_and_exponent_spelling_do_not_make_a_payload_different_but_digits_do(cx: &Ctx) {
     let t = cx.ty("e");
     let post = |body: &str| post_raw(cx, body.replace("TYPE", &t));
     let (s1, first) = post(r#"{"event_type":"TYPE","payload":{"s":"é/A","n":1E5}}"#).await;
     assert_eq!(s1, 201);
-    let (s2, again) = post(r#"{"event_type":"TYPE","payload":{"n":1e+5,"s":"\u00e9\/\u0041"}}"#).await;
+    let (s2, again) =
+        post(r#"{"event_type":"TYPE","payload":{"n":1e+5,"s":"\u00e9\/\u0041"}}"#).await;
     assert_eq!((s2, &again["event_id"]), (200, &first["event_id"]));
     // The digits themselves count: 1e5 and 100000 are different payloads.
     let (s3, other) = post(r#"{"event_type":"TYPE","payload":{"s":"é/A","n":100000}}"#).await;

@@ -6,11 +6,7 @@ use crate::{enc, error_fields, ids, problem, Ctx, Endpoint};
 
 /// GET /inbox{query} as `key`, asserting 200.
 async fn page(cx: &Ctx, key: &str, query: &str) -> Value {
-    let resp = cx
-        .get(&format!("/inbox{query}"), key)
-        .send()
-        .await
-        .unwrap();
+    let resp = cx.get(&format!("/inbox{query}"), key).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{query}");
     resp.json().await.unwrap()
 }

@@ -14,16 +14,12 @@ async fn until_a_1s_lease_ends() {
     tokio::time::sleep(Duration::from_millis(1_150)).await;
 }
 
-pub async fn a_lease_takes_the_oldest_available_events_and_holds_them_until_leased_until(
-    cx: &Ctx,
-) {
+pub async fn a_lease_takes_the_oldest_available_events_and_holds_them_until_leased_until(cx: &Ctx) {
     let key = &cx.creator;
     let t = cx.ty("t");
     let created = cx.create_n(key, 12, &t).await;
     let created_at = ts(&cx.event(key, &created[11]).await["timestamp"]);
-    let first = cx
-        .lease(key, json!({"limit": 3, "event_type": t}))
-        .await;
+    let first = cx.lease(key, json!({"limit": 3, "event_type": t})).await;
     assert_eq!(ids(&first["events"]), created[..3]);
     assert_eq!(lease_id(&first).len(), 36, "{first}");
     // Default lease: 300 s from the server's clock at the lease, which is
@@ -48,9 +44,7 @@ pub async fn a_lease_takes_the_oldest_available_events_and_holds_them_until_leas
     assert_eq!(ids(&second["events"]), created[3..]);
     assert_ne!(second["lease_id"], first["lease_id"]);
     // Nothing left: no lease at all.
-    let none = cx
-        .lease(key, json!({"limit": 100, "event_type": t}))
-        .await;
+    let none = cx.lease(key, json!({"limit": 100, "event_type": t})).await;
     assert_eq!(
         none,
         json!({"lease_id": null, "leased_until": null, "events": []})
@@ -93,9 +87,7 @@ pub async fn two_concurrent_leases_never_share_an_event(cx: &Ctx) {
     // Whatever the concurrent calls left (a call may return fewer when it
     // lost races) is leased by later calls: every event exactly once.
     loop {
-        let v = cx
-            .lease(key, json!({"limit": 100, "event_type": t}))
-            .await;
+        let v = cx.lease(key, json!({"limit": 100, "event_type": t})).await;
         let more = ids(&v["events"]);
         if more.is_empty() {
             break;
@@ -122,9 +114,7 @@ pub async fn an_ack_after_the_lease_ended_is_stale_only_for_events_leased_again_
     until_a_1s_lease_ends().await;
     // Lease B takes the first event again; the third is acknowledged by
     // DELETE meanwhile; the second nobody touched.
-    let b_lease = cx
-        .lease(key, json!({"limit": 1, "event_type": t}))
-        .await;
+    let b_lease = cx.lease(key, json!({"limit": 1, "event_type": t})).await;
     assert_eq!(ids(&b_lease["events"]), created[..1]);
     assert_eq!(cx.ack(key, &created[2]).await, 204);
     let out = cx
@@ -190,9 +180,7 @@ pub async fn ack_and_release_of_a_subset_leave_the_rest_of_the_lease_held(cx: &C
     let v = cx.event(key, &e[1]).await;
     assert_eq!(v["leased_until"], Value::Null);
     assert_eq!(v["lease_count"], 1);
-    let next = cx
-        .lease(key, json!({"limit": 10, "event_type": t}))
-        .await;
+    let next = cx.lease(key, json!({"limit": 10, "event_type": t})).await;
     assert_eq!(ids(&next["events"]), [e[1].clone(), e[4].clone()]);
     assert_eq!(next["events"][0]["lease_count"], 2);
     // The rest of the first lease is still held by it.
@@ -272,21 +260,13 @@ pub async fn the_event_type_filter_applies_to_leases(cx: &Ctx) {
     );
     // An ended lease of the type is available to the filter again.
     until_a_1s_lease_ends().await;
-    let lb = cx
-        .lease(key, json!({"limit": 2, "event_type": tb}))
-        .await;
+    let lb = cx.lease(key, json!({"limit": 2, "event_type": tb})).await;
     assert_eq!(ids(&lb["events"]), other[..2]);
-    let la2 = cx
-        .lease(key, json!({"limit": 1, "event_type": ta}))
-        .await;
+    let la2 = cx.lease(key, json!({"limit": 1, "event_type": ta})).await;
     assert_eq!(ids(&la2["events"]), a[..1]);
-    let rest_a = cx
-        .lease(key, json!({"limit": 100, "event_type": ta}))
-        .await;
+    let rest_a = cx.lease(key, json!({"limit": 100, "event_type": ta})).await;
     assert_eq!(ids(&rest_a["events"]), a[1..]);
-    let rest_b = cx
-        .lease(key, json!({"limit": 100, "event_type": tb}))
-        .await;
+    let rest_b = cx.lease(key, json!({"limit": 100, "event_type": tb})).await;
     assert_eq!(ids(&rest_b["events"]), other[2..]);
 }
 
@@ -443,7 +423,7 @@ pub async fn a_viewer_gets_403_on_the_lease_routes_before_the_body_is_read(cx: &
                 .header("content-type", "text/plain")
                 .body("x"),
             cx.post_raw(path, viewer, "{not json"),
-            cx.post_raw(path, viewer, vec![b' '; 600 * 1024]),
+            super::transport::post_oversize(cx, path, viewer, vec![b' '; 600 * 1024]),
             cx.post_raw(path, viewer, r#"{"limit":0,"lease_id":7}"#),
         ];
         for req in cases {

@@ -125,6 +125,21 @@ pub async fn invalid_utf8_is_a_400_validation_error(cx: &Ctx) {
     problem(resp, 400, "VALIDATION_ERROR").await;
 }
 
+/// POST `body` as JSON on a connection of its own (the server may answer
+/// before reading it all, and then closes the connection).
+pub(crate) fn post_oversize(
+    cx: &Ctx,
+    path: &str,
+    key: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    cx.unpooled
+        .post(cx.url(path))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+}
+
 fn big_body(event_type: &str, bytes: usize) -> Vec<u8> {
     let filler = "a".repeat(bytes);
     serde_json::to_vec(&json!({"event_type": event_type, "payload": {"f": filler}})).unwrap()
@@ -133,8 +148,7 @@ fn big_body(event_type: &str, bytes: usize) -> Vec<u8> {
 pub async fn a_body_over_512_kib_is_413_before_parsing(cx: &Ctx) {
     // Not even JSON: refused for its size, not its syntax.
     let body = vec![b'{'; 512 * 1024 + 1];
-    let resp = cx
-        .post_raw("/events", &cx.creator, body)
+    let resp = post_oversize(cx, "/events", &cx.creator, body)
         .send()
         .await
         .unwrap();
@@ -145,8 +159,7 @@ pub async fn a_chunked_body_over_the_limit_is_413(cx: &Ctx) {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..80).map(|_| Ok(vec![b' '; 8 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
-    let resp = cx
-        .post_raw("/events", &cx.creator, body)
+    let resp = post_oversize(cx, "/events", &cx.creator, body)
         .send()
         .await
         .unwrap();
@@ -221,8 +234,7 @@ pub async fn a_declared_length_over_the_limit_is_413_before_any_body_is_read(cx:
 pub async fn a_payload_over_256_kib_is_413(cx: &Ctx) {
     let key = &cx.creator;
     let t = cx.ty("big");
-    let resp = cx
-        .post_raw("/events", key, big_body(&t, 256 * 1024))
+    let resp = post_oversize(cx, "/events", key, big_body(&t, 256 * 1024))
         .send()
         .await
         .unwrap();
@@ -311,7 +323,10 @@ pub async fn unknown_fields_are_400_and_listed(cx: &Ctx) {
 pub async fn missing_and_mistyped_fields_are_all_listed(cx: &Ctx) {
     let key = &cx.creator;
     let p = problem(
-        cx.post_json("/events", key, &json!({})).send().await.unwrap(),
+        cx.post_json("/events", key, &json!({}))
+            .send()
+            .await
+            .unwrap(),
         400,
         "VALIDATION_ERROR",
     )
