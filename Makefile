@@ -80,7 +80,7 @@ TOOLS_VENV  ?= .cache/tools-venv
 TOOLS_REQS  := scripts/tools-requirements.txt
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: tools lint-deploy lambda-build
+.PHONY: tools lint-deploy lambda-build lambda-conformance
 
 tools: $(TOOLS_STAMP) ## pinned cfn-lint, hadolint, check-jsonschema, schemathesis, cargo-lambda in .cache/tools-venv
 
@@ -98,3 +98,6 @@ lambda-build: tools ## the Lambda zip (arm64): target/lambda/bootstrap/bootstrap
 	PATH="$(abspath $(TOOLS_VENV))/bin:$$PATH" \
 	  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
 	  $(CARGO) lambda build --release --arm64 --no-default-features --features lambda --bin bootstrap --output-format zip
+
+lambda-conformance: ## the conformance runner against the Lambda function under `cargo lambda watch` on DynamoDB Local (slow; not in make test)
+	TOOLS_VENV=$(TOOLS_VENV) scripts/lambda-conformance.sh
