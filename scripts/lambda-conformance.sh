@@ -18,6 +18,20 @@
 # runs a request per instance, so a long poll holds one and the POST that
 # should wake it needs another (with 1, that POST waits for the poll).
 # Not part of `make test` (slow); exit status: the runner's.
+#
+# What to expect (cargo-lambda 1.9.2): every case passes but these, whose
+# cause is the emulator in front of the function, not the function:
+#   - transport::invalid_utf8_is_a_400_validation_error: cargo lambda's
+#     server answers 500 itself for a body that is not UTF-8 (the function
+#     never sees the request; API Gateway would pass it base64-encoded);
+#   - transport::a_declared_length_over_the_limit_is_413_before_any_body_is_read:
+#     its server waits for the declared body before invoking the function;
+#   - with CONCURRENCY > 1, meta::metrics_… and auth::authenticated_responses_
+#     carry_ratelimit_headers when consecutive requests reach two instances
+#     (/metrics and rate-limit windows are per instance);
+#   - with CONCURRENCY=1, leases::a_long_poll_wakes_up_when_an_event_is_ingested
+#     (the POST waits for the poll's instance).
+# CONFORMANCE_ARGS="--skip NAME …" passes options to the runner.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

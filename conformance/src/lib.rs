@@ -46,14 +46,21 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print a secret: only the public key ids.
+        f.write_str(&self.describe())
+    }
+}
+
+impl Keys {
+    /// The keys by their public ids, never their secrets.
+    pub fn describe(&self) -> String {
         let id = |k: &str| k.get(4..20).unwrap_or("?").to_owned();
-        f.debug_struct("Keys")
-            .field("creator", &id(&self.creator))
-            .field("viewer", &id(&self.viewer))
-            .field("other_account", &id(&self.other_account))
-            .field("revoked", &id(&self.revoked))
-            .finish()
+        format!(
+            "keys (ids): creator {}, viewer {}, other account {}, revoked {}",
+            id(&self.creator),
+            id(&self.viewer),
+            id(&self.other_account),
+            id(&self.revoked)
+        )
     }
 }
 

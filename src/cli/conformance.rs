@@ -45,7 +45,7 @@ pub async fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
         Ok(keys) => keys,
         Err(e) => return Ok(cannot_run(e)),
     };
-    let key_ids = format!("{keys:?}");
+    let key_ids = keys.describe();
     let mut target = match Target::new(&base, keys) {
         Ok(t) => t,
         Err(e) => return Ok(cannot_run(e)),
