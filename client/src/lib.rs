@@ -77,16 +77,36 @@
 //! holds past the dedup window); until it does, the header is ignored and
 //! harmless.
 //!
+//! # Several consumers: leases
+//!
+//! [`Client::lease`] takes the account's oldest available events for a
+//! while (`lease_seconds`), so that no two consumers process one event at a
+//! time; [`Client::ack_lease`] acknowledges them, [`Client::release`] hands
+//! them back, and an event leased too often without an ack is quarantined
+//! until [`Client::requeue`]. A consumer loop: lease with `wait_seconds`
+//! (long polling), process, ack; release on failure.
+//!
+//! ```no_run
+//! use triggers_client::{Client, LeaseRequest};
+//!
+//! # async fn run(client: Client) -> Result<(), triggers_client::Error> {
+//! loop {
+//!     let lease = client
+//!         .lease(&LeaseRequest::new(100).lease_seconds(60).wait_seconds(20))
+//!         .await?;
+//!     let Some(lease_id) = lease.lease_id else { continue };
+//!     for event in &lease.events {
+//!         // ... process event.payload ...
+//!     }
+//!     client.ack_lease(lease_id, None).await?;
+//! }
+//! # }
+//! ```
+//!
 //! # Not yet in the API, so not in this client
 //!
-//! The next version of the API adds consumer **leases** (`POST
-//! /inbox/lease`, `POST /inbox/ack`, `POST /inbox/release`, `POST
-//! /events/{id}/requeue`) and **batch ingest** (`POST /events/batch`). They
-//! will be methods of [`Client`] built on the same private request path
-//! (auth, retries, problem mapping); the response types here are
-//! `#[non_exhaustive]` and ignore unknown fields, so the fields the next
-//! version adds to events (`lease_count`, `leased_until`) do not break this
-//! client, and [`ErrorCode::Conflict`] is already known.
+//! **Batch ingest** (`POST /events/batch`) will be a method of [`Client`]
+//! built on the same private request path (auth, retries, problem mapping).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -215,6 +235,100 @@ pub struct Event {
     pub timestamp: DateTime<Utc>,
     pub delivered: bool,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// How many times the event was leased (0 from a server without leases).
+    #[serde(default)]
+    pub lease_count: u32,
+    /// When the lease running now ends; `None` when none is running.
+    #[serde(default)]
+    pub leased_until: Option<DateTime<Utc>>,
+    /// Leased too often without an acknowledgement: no longer leased until
+    /// someone requeues it ([`Client::requeue`]).
+    #[serde(default)]
+    pub quarantined: bool,
+}
+
+/// What to lease ([`Client::lease`]); the defaults are the server's.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct LeaseRequest {
+    /// 1–100 events (server default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// 1–3600 s (server default 300).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u32>,
+    /// 0–20 s to wait for an event when none is available (server default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u32>,
+    /// Only events of this type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+}
+
+impl LeaseRequest {
+    /// Up to `limit` events (1–100).
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::default()
+        }
+    }
+
+    pub fn lease_seconds(mut self, seconds: u32) -> Self {
+        self.lease_seconds = Some(seconds);
+        self
+    }
+
+    /// Long polling: wait up to `seconds` (0–20) for an event.
+    pub fn wait_seconds(mut self, seconds: u32) -> Self {
+        self.wait_seconds = Some(seconds);
+        self
+    }
+
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+}
+
+/// A lease ([`Client::lease`]): its events are this consumer's until
+/// `leased_until`. `lease_id` is `None` when nothing was available.
+#[derive(Debug, Clone, Deserialize)]
+#[non_exhaustive]
+pub struct Lease {
+    pub lease_id: Option<Uuid>,
+    pub leased_until: Option<DateTime<Utc>>,
+    pub events: Vec<Event>,
+}
+
+/// What [`Client::ack_lease`] or [`Client::release`] did: `done` are the
+/// events acknowledged (or released); `stale` those the lease no longer
+/// held (its lease ended and another took them, or they were released,
+/// requeued or acknowledged meanwhile), left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settled {
+    pub done: Vec<Uuid>,
+    pub stale: Vec<Uuid>,
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    acknowledged: Vec<Uuid>,
+    stale: Vec<Uuid>,
+}
+
+#[derive(Deserialize)]
+struct ReleaseBody {
+    released: Vec<Uuid>,
+    stale: Vec<Uuid>,
+}
+
+#[derive(Serialize)]
+struct SettleRequest<'a> {
+    lease_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_ids: Option<&'a [Uuid]>,
 }
 
 impl Event {
@@ -624,6 +738,76 @@ impl Client {
         })
     }
 
+    /// `POST /inbox/lease`: leases the account's oldest available events
+    /// (not delivered, not quarantined, under no running lease). Two leases
+    /// never hold one event at once. Needs a `creator` key.
+    ///
+    /// A retried lease (after a lost answer) may have leased events the
+    /// caller never saw: they come back when that lease ends (at least
+    /// once), so keep `lease_seconds` no longer than processing needs.
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<Lease, Error> {
+        let mut call = Call::new(Method::POST, "inbox/lease");
+        call.body = Some(serde_json::to_vec(request).map_err(Error::Encode)?);
+        let answer = self.execute(&call).await?;
+        decode(&answer)
+    }
+
+    /// `POST /inbox/ack`: acknowledges events of a lease (all of them when
+    /// `event_ids` is `None`): delivered, exactly as [`Client::ack`].
+    ///
+    /// Safe to retry; an event a lost first attempt already acknowledged is
+    /// then listed as stale.
+    pub async fn ack_lease(
+        &self,
+        lease_id: Uuid,
+        event_ids: Option<&[Uuid]>,
+    ) -> Result<Settled, Error> {
+        let body: AckBody = self.settle("inbox/ack", lease_id, event_ids).await?;
+        Ok(Settled {
+            done: body.acknowledged,
+            stale: body.stale,
+        })
+    }
+
+    /// `POST /inbox/release`: hands events of a lease back (all of them
+    /// when `event_ids` is `None`), available again at once.
+    pub async fn release(
+        &self,
+        lease_id: Uuid,
+        event_ids: Option<&[Uuid]>,
+    ) -> Result<Settled, Error> {
+        let body: ReleaseBody = self.settle("inbox/release", lease_id, event_ids).await?;
+        Ok(Settled {
+            done: body.released,
+            stale: body.stale,
+        })
+    }
+
+    async fn settle<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        lease_id: Uuid,
+        event_ids: Option<&[Uuid]>,
+    ) -> Result<T, Error> {
+        let mut call = Call::new(Method::POST, path);
+        let request = SettleRequest {
+            lease_id,
+            event_ids,
+        };
+        call.body = Some(serde_json::to_vec(&request).map_err(Error::Encode)?);
+        let answer = self.execute(&call).await?;
+        decode(&answer)
+    }
+
+    /// `POST /events/{id}/requeue`: brings a quarantined event back
+    /// (`lease_count` 0, available at once). An event that is not
+    /// quarantined is an error with code `CONFLICT`.
+    pub async fn requeue(&self, event_id: Uuid) -> Result<Event, Error> {
+        let path = format!("events/{event_id}/requeue");
+        let answer = self.execute(&Call::new(Method::POST, &path)).await?;
+        decode(&answer)
+    }
+
     /// `GET /status` (no key needed): `Ok` for 200 (`"ok"`); a degraded
     /// service answers 503, which is an `Err` after the retries.
     pub async fn status(&self) -> Result<Status, Error> {
@@ -634,8 +818,7 @@ impl Client {
     }
 
     /// Sends `call`, retrying per the policy; a 2xx is `Ok`, anything else
-    /// an [`Error`]. Every endpoint goes through here (and the coming lease
-    /// and batch endpoints will too).
+    /// an [`Error`]. Every endpoint goes through here.
     async fn execute(&self, call: &Call<'_>) -> Result<Answer, Error> {
         let inner = &self.inner;
         let url = inner

@@ -1255,7 +1255,6 @@ mod tests {
 
     #[test]
     fn payloads_are_1_kib_and_unique() {
-        lease::set_process_ms(args.process_ms);
         let _ = TARGET.set(Target {
             key: String::new(),
             nonce: 7,

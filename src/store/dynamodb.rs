@@ -1051,9 +1051,9 @@ impl Store for DynamoStore {
     /// Two Queries at once (the account's available markers, `limit`; its
     /// ended leases' markers, up to 1,000), one consistent BatchGetItem of
     /// the candidates' event items, then TransactWriteItems of up to 100
-    /// items (~33 events and the lease record's chunk), all at once; each
+    /// items (24 events and a chunk of the lease record), all at once; each
     /// event's writes are conditional on the state it was read in. Events
-    /// lost to a concurrent call are skipped and looked for again (up to 3
+    /// lost to a concurrent call are skipped and looked for again (up to 4
     /// rounds).
     async fn lease(
         &self,

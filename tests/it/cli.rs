@@ -489,6 +489,25 @@ async fn create_tables_is_idempotent_and_the_keys_cli_works_on_dynamodb() {
     let out = run(&["keys", "revoke", "zzzzzzzzzzzzzzzz"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key"));
+    // The lease-marker backfill walks every account with a key (here one,
+    // with an empty inbox) or the ones named.
+    for args in [
+        &["dynamodb", "add-lease-markers"][..],
+        &["dynamodb", "add-lease-markers", "--account", "acme"],
+    ] {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "account acme: 0 inbox events, 0 available (marker written)\n"
+        );
+    }
+    let out = run(&["dynamodb", "add-lease-markers", "--account", "not valid"]);
+    assert!(!out.status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,8 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use triggers_api::domain::Role;
 use triggers_client::{
-    AuthScheme, Client, Error, ErrorCode, InboxFilter, InboxQuery, NewEvent, RetryPolicy,
-    SendOptions,
+    AuthScheme, Client, Error, ErrorCode, InboxFilter, InboxQuery, LeaseRequest, NewEvent,
+    RetryPolicy, SendOptions,
 };
 use uuid::Uuid;
 
@@ -344,6 +344,81 @@ async fn a_rate_limited_send_waits_for_retry_after_and_then_succeeds() {
         "Retry-After: 1 was not honoured ({:?})",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_workflow_leases_acks_releases_quarantines_and_requeues() {
+    let settings = triggers_api::config::Settings {
+        max_leases: 2,
+        ..crate::support::test_settings()
+    };
+    let app = TestApp::start_with(Backend::Sqlite, settings).await;
+    let key = app.key("acme", Role::Creator).await;
+    let c = client(&app.base, &key);
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(
+            c.send(&NewEvent::new("job", json!({"i": i})))
+                .await
+                .expect("send")
+                .event_id,
+        );
+    }
+    // Two consumers: their leases never share an event.
+    let a = c.lease(&LeaseRequest::new(2)).await.expect("lease a");
+    let b = c.lease(&LeaseRequest::new(2)).await.expect("lease b");
+    let a_ids: Vec<Uuid> = a.events.iter().map(|e| e.event_id).collect();
+    let b_ids: Vec<Uuid> = b.events.iter().map(|e| e.event_id).collect();
+    assert_eq!(a_ids, sent[..2]);
+    assert_eq!(b_ids, sent[2..]);
+    assert!(a
+        .events
+        .iter()
+        .all(|e| e.lease_count == 1 && e.leased_until.is_some()));
+    // a acknowledges one and releases the other; acking it again is stale.
+    let a_id = a.lease_id.expect("a lease");
+    let acked = c.ack_lease(a_id, Some(&a_ids[..1])).await.expect("ack");
+    assert_eq!(
+        (acked.done.clone(), acked.stale.clone()),
+        (a_ids[..1].to_vec(), vec![])
+    );
+    let released = c.release(a_id, None).await.expect("release");
+    assert_eq!(released.done, a_ids[1..].to_vec());
+    assert_eq!(released.stale, a_ids[..1].to_vec(), "already acknowledged");
+    assert!(c.get(a_ids[0]).await.expect("get").delivered);
+    // The released event is leased a second time (max_leases 2): quarantined.
+    let again = c.lease(&LeaseRequest::new(10)).await.expect("lease again");
+    assert_eq!(again.events[0].event_id, a_ids[1]);
+    c.release(again.lease_id.expect("lease"), None)
+        .await
+        .expect("release");
+    let quarantined = c.get(a_ids[1]).await.expect("get");
+    assert!(quarantined.quarantined);
+    let err = api_error(c.requeue(sent[2]).await.expect_err("not quarantined"));
+    assert_eq!(err.code, ErrorCode::Conflict);
+    let back = c.requeue(a_ids[1]).await.expect("requeue");
+    assert_eq!((back.lease_count, back.quarantined), (0, false));
+    // Nothing available: a lease without events, after its short wait.
+    c.ack_lease(b.lease_id.expect("b lease"), None)
+        .await
+        .expect("ack b");
+    let last = c.lease(&LeaseRequest::new(10)).await.expect("lease");
+    c.ack_lease(last.lease_id.expect("lease"), None)
+        .await
+        .expect("ack");
+    let started = Instant::now();
+    let empty = c
+        .lease(&LeaseRequest::new(10).wait_seconds(1))
+        .await
+        .expect("empty lease");
+    assert!(empty.lease_id.is_none() && empty.events.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let err = api_error(
+        c.ack_lease(Uuid::new_v4(), None)
+            .await
+            .expect_err("unknown"),
+    );
+    assert_eq!(err.status, 404);
 }
 
 #[tokio::test]

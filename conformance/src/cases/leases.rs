@@ -415,16 +415,20 @@ pub async fn an_event_deleted_while_leased_takes_no_place_in_later_leases(cx: &C
 
 pub async fn a_viewer_gets_403_on_the_lease_routes_before_the_body_is_read(cx: &Ctx) {
     let viewer = &cx.viewer;
+    // Each on a connection of its own: the server answers before reading
+    // the body, and then closes the connection.
+    let post =
+        |path: &str, body: reqwest::Body| super::transport::post_oversize(cx, path, viewer, body);
     for path in ["/inbox/lease", "/inbox/ack", "/inbox/release"] {
         let cases = [
-            cx.client
+            cx.unpooled
                 .post(cx.url(path))
                 .bearer_auth(viewer)
                 .header("content-type", "text/plain")
                 .body("x"),
-            cx.post_raw(path, viewer, "{not json"),
-            super::transport::post_oversize(cx, path, viewer, vec![b' '; 600 * 1024]),
-            cx.post_raw(path, viewer, r#"{"limit":0,"lease_id":7}"#),
+            post(path, "{not json".into()),
+            post(path, r#"{"limit":0,"lease_id":7}"#.into()),
+            post(path, vec![b' '; 600 * 1024].into()),
         ];
         for req in cases {
             let p = problem(req.send().await.unwrap(), 403, "FORBIDDEN").await;

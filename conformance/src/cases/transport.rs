@@ -126,7 +126,7 @@ pub async fn invalid_utf8_is_a_400_validation_error(cx: &Ctx) {
 }
 
 /// POST `body` as JSON on a connection of its own (the server may answer
-/// before reading it all, and then closes the connection).
+/// before reading it, and then closes the connection).
 pub(crate) fn post_oversize(
     cx: &Ctx,
     path: &str,
