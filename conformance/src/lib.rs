@@ -156,7 +156,7 @@ fn parse_keys_file(text: &str) -> Result<BTreeMap<String, String>, String> {
 
 /// A deployment under test: where it is, the keys, an HTTP client, and what
 /// to expect where the contract leaves a value to the deployment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     /// The base URL without a trailing `/`; every request path is appended
     /// to it, so it may carry a path prefix.
@@ -175,6 +175,24 @@ pub struct Target {
     pub expect_backend: Option<String>,
     /// The `version` that `/` and `/status` must report (any when unset).
     pub expect_version: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys by id only: a debug print must not leak a secret.
+        let keys = Keys {
+            creator: self.creator.clone(),
+            viewer: self.viewer.clone(),
+            other_account: self.other_account.clone(),
+            revoked: self.revoked.clone(),
+        };
+        f.debug_struct("Target")
+            .field("base", &self.base)
+            .field("keys", &keys.describe())
+            .field("expect_backend", &self.expect_backend)
+            .field("expect_version", &self.expect_version)
+            .finish()
+    }
 }
 
 impl Target {
@@ -583,6 +601,11 @@ mod tests {
         let t = Target::new("https://api.example/", keys.clone()).unwrap();
         assert_eq!(t.url("/inbox"), "https://api.example/inbox");
         assert_eq!(t.raw_http(), None);
+        let debug = format!("{t:?}");
+        assert!(
+            !debug.contains("\"c\"") && debug.contains("creator ?"),
+            "{debug}"
+        );
         assert!(Target::new("ftp://x", keys.clone()).is_err());
         assert!(Target::new("http://x/?a=1", keys).is_err());
     }
