@@ -55,6 +55,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DynamoCommand,
     },
+    /// Run the black-box conformance suite against a deployment: each case
+    /// as PASS, FAIL or SKIP (with the reason), a summary, optionally a
+    /// JUnit report. Exit 0 when every case that ran passed, 1 when one
+    /// failed, 2 when the run could not start (keys missing or not what
+    /// they claim, server unreachable).
+    #[cfg(feature = "conformance")]
+    Conformance(ConformanceArgs),
     /// Exit 0 when a running server's GET /status answers 200, else 1 (a
     /// container health check that needs no shell or curl).
     Healthcheck {
@@ -69,6 +76,55 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+/// `triggers-api conformance`. The four keys come from the environment
+/// (TRIGGERS_CONFORMANCE_CREATOR_KEY, _VIEWER_KEY, _OTHER_ACCOUNT_KEY,
+/// _REVOKED_KEY) or, for those not set there, from the --keys file; never
+/// from the command line, where other users of the machine could read them.
+#[cfg(feature = "conformance")]
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Keys: a creator key of the account the run works in, a viewer key of \
+the same account, a creator key of another account, and a key revoked more than 30 s ago. \
+Create the first three with a high --rate-limit (the run makes about a thousand requests). \
+Use a test account: the run's events are acknowledged as it goes, but a consumer of the \
+account may see them meanwhile."
+)]
+pub struct ConformanceArgs {
+    /// The deployment's base URL; every request path is appended to it, so
+    /// it may end in a path prefix (http://127.0.0.1:9000/lambda-url/bootstrap).
+    #[arg(
+        long,
+        env = "TRIGGERS_CONFORMANCE_BASE_URL",
+        required_unless_present = "list"
+    )]
+    pub base_url: Option<String>,
+    /// A file of NAME=VALUE lines with the keys (the environment variable
+    /// names; # comments; a shell can source it).
+    #[arg(long, env = "TRIGGERS_CONFORMANCE_KEYS")]
+    pub keys: Option<PathBuf>,
+    /// Also write a JUnit XML report to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Run only the cases whose group::name contains this (repeatable).
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Skip the cases whose group::name contains this (repeatable).
+    #[arg(long)]
+    pub skip: Vec<String>,
+    /// A case (with its clean-up) that takes longer fails.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub case_timeout_secs: u64,
+    /// The store backend GET /status must report [default: sqlite or dynamodb].
+    #[arg(long)]
+    pub expect_backend: Option<String>,
+    /// The version / and /status must report [default: any].
+    #[arg(long)]
+    pub expect_version: Option<String>,
+    /// List the cases, and why some are skipped, without running any.
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Debug, Subcommand)]
