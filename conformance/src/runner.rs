@@ -247,8 +247,15 @@ pub fn plan(opts: &Options) -> Vec<(Case, Option<String>)> {
             } else if !opts.only.is_empty() && !opts.only.iter().any(|o| name.contains(o.as_str()))
             {
                 Some("not selected by --only".to_owned())
-            } else if opts.skip.iter().any(|s| name.contains(s.as_str())) {
-                Some("skipped by --skip".to_owned())
+            } else if let Some(s) = opts
+                .skip
+                .iter()
+                .find(|s| name.contains(s.split_once('=').map_or(s.as_str(), |(n, _)| n)))
+            {
+                Some(match s.split_once('=') {
+                    Some((_, why)) if !why.is_empty() => format!("skipped by --skip: {why}"),
+                    _ => "skipped by --skip".to_owned(),
+                })
             } else {
                 None
             };
@@ -562,5 +569,31 @@ mod tests {
             .find(|(c, _)| c.name == "an_inactive_key_is_403")
             .unwrap();
         assert!(hooked.1.as_deref().unwrap().contains("inactive"));
+    }
+
+    #[test]
+    fn a_skip_with_a_reason_prints_the_reason() {
+        let opts = Options {
+            skip: vec![
+                "x_api_key=the gateway strips X-API-Key".into(),
+                "a_revoked_key".into(),
+            ],
+            ..Options::default()
+        };
+        let plan = plan(&opts);
+        let why = |name: &str| {
+            plan.iter()
+                .find(|(c, _)| c.full_name() == name)
+                .and_then(|(_, why)| why.clone())
+        };
+        assert_eq!(
+            why("auth::the_x_api_key_header_is_accepted").as_deref(),
+            Some("skipped by --skip: the gateway strips X-API-Key")
+        );
+        assert_eq!(
+            why("auth::a_revoked_key_is_403").as_deref(),
+            Some("skipped by --skip")
+        );
+        assert_eq!(why("auth::a_request_without_a_key_is_401"), None);
     }
 }
