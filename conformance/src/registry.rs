@@ -94,6 +94,7 @@ macro_rules! with_black_box_cases {
             batch::a_batch_answers_every_event_in_request_order,
             batch::a_repeat_inside_one_batch_is_a_duplicate_of_its_first,
             batch::a_malformed_envelope_is_400_for_the_whole_batch,
+            batch::invalid_utf8_anywhere_in_a_batch_is_a_400_for_the_body,
             batch::a_batch_of_100_events_is_accepted_and_101_is_400,
             batch::the_batch_byte_limit_holds_on_the_bytes_read_and_events_keep_theirs,
             batch::nesting_is_judged_per_event,
@@ -106,6 +107,7 @@ macro_rules! with_black_box_cases {
             idempotency::the_same_key_with_another_body_or_route_is_409,
             idempotency::equal_keys_of_different_accounts_never_meet,
             idempotency::an_invalid_idempotency_key_is_400_naming_the_header,
+            idempotency::a_repeated_idempotency_key_header_is_400_naming_it,
             idempotency::answers_other_than_2xx_are_not_kept,
         }
     };

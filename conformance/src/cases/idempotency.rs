@@ -170,6 +170,26 @@ pub async fn equal_keys_of_different_accounts_never_meet(cx: &Ctx) {
     assert_eq!(a2.replayed, None);
 }
 
+/// Its own case: API Gateway and the `cargo lambda` emulator join repeated
+/// headers with commas, so behind them the service sees one key.
+pub async fn a_repeated_idempotency_key_header_is_400_naming_it(cx: &Ctx) {
+    let key = &cx.creator;
+    let t = cx.ty("t");
+    let body = event(&t);
+    for path in ["/events", "/events/batch"] {
+        let resp = cx
+            .post_raw(path, key, body.clone())
+            .header("idempotency-key", cx.idempotency_key("a"))
+            .header("idempotency-key", cx.idempotency_key("b"))
+            .send()
+            .await
+            .unwrap();
+        let p = problem(resp, 400, "VALIDATION_ERROR").await;
+        assert_eq!(error_fields(&p), ["Idempotency-Key"]);
+    }
+    assert!(cx.walk_inbox(key, 50, Some(&t)).await.is_empty());
+}
+
 pub async fn an_invalid_idempotency_key_is_400_naming_the_header(cx: &Ctx) {
     let key = &cx.creator;
     let t = cx.ty("t");
@@ -194,15 +214,6 @@ pub async fn an_invalid_idempotency_key_is_400_naming_the_header(cx: &Ctx) {
             let p = problem(resp, 400, "VALIDATION_ERROR").await;
             assert_eq!(error_fields(&p), ["Idempotency-Key"], "{v:?}: {p}");
         }
-        let resp = cx
-            .post_raw(path, key, body.clone())
-            .header("idempotency-key", cx.idempotency_key("a"))
-            .header("idempotency-key", cx.idempotency_key("b"))
-            .send()
-            .await
-            .unwrap();
-        let p = problem(resp, 400, "VALIDATION_ERROR").await;
-        assert_eq!(error_fields(&p), ["Idempotency-Key"]);
     }
     assert!(cx.walk_inbox(key, 50, Some(&t)).await.is_empty());
     // The longest and the oddest valid keys work.
