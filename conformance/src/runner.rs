@@ -247,17 +247,14 @@ pub fn plan(opts: &Options) -> Vec<(Case, Option<String>)> {
             } else if !opts.only.is_empty() && !opts.only.iter().any(|o| name.contains(o.as_str()))
             {
                 Some("not selected by --only".to_owned())
-            } else if let Some(s) = opts
-                .skip
-                .iter()
-                .find(|s| name.contains(s.split_once('=').map_or(s.as_str(), |(n, _)| n)))
-            {
-                Some(match s.split_once('=') {
-                    Some((_, why)) if !why.is_empty() => format!("skipped by --skip: {why}"),
-                    _ => "skipped by --skip".to_owned(),
-                })
             } else {
-                None
+                opts.skip
+                    .iter()
+                    .find(|s| name.contains(s.split_once('=').map_or(s.as_str(), |(n, _)| n)))
+                    .map(|s| match s.split_once('=') {
+                        Some((_, why)) if !why.is_empty() => format!("skipped by --skip: {why}"),
+                        _ => "skipped by --skip".to_owned(),
+                    })
             };
             (c, why)
         })
