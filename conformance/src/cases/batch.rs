@@ -417,15 +417,7 @@ pub async fn a_batch_wakes_a_long_poll_and_its_events_are_leasable(cx: &Ctx) {
 /// The OpenAPI document states the batch route, its constraints and the
 /// Idempotency-Key header (schemathesis checks the server against them).
 pub async fn the_openapi_document_states_the_batch_route_and_the_idempotency_key(cx: &Ctx) {
-    let v: Value = cx
-        .client
-        .get(cx.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = super::meta::openapi_document(cx).await;
     let batch = &v["paths"]["/events/batch"]["post"];
     for status in ["200", "400", "409", "413", "503"] {
         assert!(batch["responses"][status].is_object(), "{status}");

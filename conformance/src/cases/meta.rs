@@ -46,15 +46,7 @@ pub async fn status_reports_ok_with_version_uptime_and_store(cx: &Ctx) {
 }
 
 pub async fn the_openapi_document_is_3_1_and_covers_every_endpoint(cx: &Ctx) {
-    let v: Value = cx
-        .client
-        .get(cx.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = openapi_document(cx).await;
     assert!(
         v["openapi"].as_str().unwrap().starts_with("3.1"),
         "{}",
@@ -196,4 +188,28 @@ pub async fn metrics_expose_requests_latency_ingests_duplicates_and_acks(cx: &Ct
         "{text}"
     );
     assert!(text.contains("triggers_http_request_duration_seconds_bucket"));
+}
+
+/// `GET /openapi.json` as JSON; a failure shows what came instead (status,
+/// content type, the start of the body).
+pub(crate) async fn openapi_document(cx: &Ctx) -> Value {
+    let resp = cx.client.get(cx.url("/openapi.json")).send().await.unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp.bytes().await.unwrap();
+    let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    assert_eq!(status, 200, "GET /openapi.json ({ctype}): {shown}");
+    let v: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("GET /openapi.json is not JSON ({e}): {shown}"));
+    assert!(
+        v["openapi"].as_str().is_some_and(|o| o.starts_with("3.1")),
+        "GET /openapi.json ({} bytes, {ctype}) is not an OpenAPI 3.1 document: {shown}",
+        body.len()
+    );
+    v
 }
