@@ -14,6 +14,9 @@
 #      target/lambda-conformance/ (text, JUnit, the function's log), and the
 #      function's cold-start line ("function initialised", init_ms).
 #
+# `--ignore-changes`: without it the emulator restarts every instance when
+# any file under the repository changes (a commit in a worktree does), and
+# the requests under way then never get an answer.
 # CONCURRENCY (default 4) is cargo lambda's instances per function: Lambda
 # runs a request per instance, so a long poll holds one and the POST that
 # should wake it needs another (with 1, that POST waits for the poll).
@@ -108,7 +111,7 @@ make --no-print-directory tools
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=$OUT/function.log
 PATH="$PWD/$TOOLS_VENV/bin:$PATH" TRIGGERS_STORE="$store" RUST_LOG=info \
-    setsid cargo lambda watch --features lambda --bin bootstrap \
+    setsid cargo lambda watch --features lambda --bin bootstrap --ignore-changes \
     -P "$port" -A 127.0.0.1 --concurrency "$CONCURRENCY" >"$log" 2>&1 &
 watch_pid=$!
 base="http://127.0.0.1:$port/lambda-url/bootstrap"
