@@ -4,7 +4,7 @@ CARGO ?= cargo
 STORE ?= sqlite://./data/triggers.db
 BIND  ?= 127.0.0.1:8080
 
-.PHONY: help run build key tail test test-quick test-localstack lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
+.PHONY: help run build key tail test test-quick test-localstack mutants lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ test-quick: ## the test suite against SQLite only (no emulator; DynamoDB tests a
 test-localstack: ## the DynamoDB tests on LocalStack started by testcontainers (needs a Docker engine)
 	TRIGGERS_TEST_DYNAMODB=localstack TRIGGERS_TEST_DYNAMODB_ENDPOINT= \
 	  $(CARGO) test -- conformance::dynamodb:: dynamodb_store:: deploy::dynamodb::
+
+# Not part of `make test`: a full run takes about an hour here (docs/mutants.md).
+mutants: ## mutation testing (cargo-mutants) of the security and data modules: caught/missed per module; MODULES="cursor budget" for some
+	nice -n 10 scripts/mutants.sh $(MODULES)
 
 lint: fmt clippy ## formatting and lints
 

@@ -6,6 +6,9 @@
 #
 #   scripts/mutants.sh                 every module
 #   scripts/mutants.sh cursor budget   only these (names below)
+#   MUTANTS_ITERATE=1 scripts/mutants.sh budget
+#                                      only what the last run of budget did
+#                                      not catch (cargo mutants --iterate)
 #
 # Every run builds in one target directory kept between runs
 # (target/mutants), so only the first run builds the dependencies; cargo
@@ -55,23 +58,27 @@ for m in "${modules[@]}"; do
     filter "$m"
     echo "== $m: cargo mutants -j $JOBS ${args[*]}"
     start=$SECONDS
-    cargo mutants --no-shuffle -j "$JOBS" "${args[@]}" --output "$OUT/$m"
+    iterate=()
+    [ "${MUTANTS_ITERATE:-0}" = 1 ] && iterate=(--iterate)
+    cargo mutants --no-shuffle -j "$JOBS" "${iterate[@]}" "${args[@]}" --output "$OUT/$m"
     rc=$?
     # 0: all caught; 2: some missed; 3: some timed out; anything else: broken.
     case $rc in 0) ;; 2 | 3) status=1 ;; *) echo "cargo mutants failed ($rc)" >&2; exit $rc ;; esac
     echo "== $m done in $((SECONDS - start)) s"
 done
 
-printf '\n%-14s %7s %7s %7s %9s %9s %9s\n' module viable caught missed unviable timeouts caught%
+printf '\n%-14s %7s %7s %7s %9s %9s %8s %8s\n' module viable caught missed unviable timeouts caught% earlier
 for m in "${modules[@]}"; do
     d="$OUT/$m/mutants.out"
     c=$(count "$d/caught.txt") mi=$(count "$d/missed.txt")
     u=$(count "$d/unviable.txt") t=$(count "$d/timeout.txt")
     v=$((c + mi + t))
     pct=$([ "$v" -gt 0 ] && awk "BEGIN{printf \"%.1f\", 100*$c/$v}" || echo -)
-    printf '%-14s %7d %7d %7d %9d %9d %9s\n' "$m" "$v" "$c" "$mi" "$u" "$t" "$pct"
+    e=$(count "$d/previously_caught.txt")
+    printf '%-14s %7d %7d %7d %9d %9d %8s %8d\n' "$m" "$v" "$c" "$mi" "$u" "$t" "$pct" "$e"
 done
-echo "(viable = caught + missed + timeouts; $((SECONDS - start_all)) s in all)"
+echo "(viable = caught + missed + timeouts; earlier = caught or unviable in the"
+echo " runs an --iterate run skipped; $((SECONDS - start_all)) s in all)"
 for m in "${modules[@]}"; do
     f="$OUT/$m/mutants.out/missed.txt"
     [ -s "$f" ] && { echo "missed in $m:"; sed 's/^/  /' "$f"; }
