@@ -4,7 +4,7 @@ CARGO ?= cargo
 STORE ?= sqlite://./data/triggers.db
 BIND  ?= 127.0.0.1:8080
 
-.PHONY: help run build key tail test test-quick test-localstack mutants lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean
+.PHONY: help run build key tail test test-quick test-localstack mutants lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean conformance
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -24,11 +24,22 @@ test: ## everything CI checks: fmt, clippy, unit + conformance (SQLite and Dynam
 
 test-quick: ## the test suite against SQLite only (no emulator; DynamoDB tests are excluded, loudly)
 	$(CARGO) test -- --skip conformance::dynamodb:: --skip dynamodb_store:: \
-	  --skip works_on_dynamodb --skip unreachable_dynamodb --skip deploy::dynamodb::
+	  --skip works_on_dynamodb --skip unreachable_dynamodb --skip deploy::dynamodb:: \
+	  --skip conformance::runner::dynamodb::
 
 test-localstack: ## the DynamoDB tests on LocalStack started by testcontainers (needs a Docker engine)
 	TRIGGERS_TEST_DYNAMODB=localstack TRIGGERS_TEST_DYNAMODB_ENDPOINT= \
-	  $(CARGO) test -- conformance::dynamodb:: dynamodb_store:: deploy::dynamodb::
+	  $(CARGO) test -- conformance::dynamodb:: dynamodb_store:: deploy::dynamodb:: \
+	  conformance::runner::dynamodb::
+
+# The black-box suite against any deployment (README, "Conformance runner").
+BASE_URL ?=
+KEYS ?=
+JUNIT ?=
+conformance: build ## the conformance suite against a deployment: make conformance BASE_URL=URL KEYS=keys.env [JUNIT=report.xml]
+	@test -n "$(BASE_URL)" || { echo "give BASE_URL=the deployment's base URL (and KEYS=a keys file, or the keys in the environment)"; exit 2; }
+	./target/release/triggers-api conformance --base-url "$(BASE_URL)" \
+	  $(if $(KEYS),--keys "$(KEYS)") $(if $(JUNIT),--junit "$(JUNIT)") $(CONFORMANCE_ARGS)
 
 # Not part of `make test`: a full run takes about an hour here (docs/mutants.md).
 mutants: ## mutation testing (cargo-mutants) of the security and data modules: caught/missed per module; MODULES="cursor budget" for some
@@ -73,7 +84,7 @@ TOOLS_VENV  ?= .cache/tools-venv
 TOOLS_REQS  := scripts/tools-requirements.txt
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: tools lint-deploy lambda-build
+.PHONY: tools lint-deploy lambda-build lambda-conformance
 
 tools: $(TOOLS_STAMP) ## pinned cfn-lint, hadolint, check-jsonschema, schemathesis, cargo-lambda in .cache/tools-venv
 
@@ -90,4 +101,7 @@ lint-deploy: tools ## cfn-lint the template, hadolint the Dockerfile, validate d
 lambda-build: tools ## the Lambda zip (arm64): target/lambda/bootstrap/bootstrap.zip
 	PATH="$(abspath $(TOOLS_VENV))/bin:$$PATH" \
 	  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-	  $(CARGO) lambda build --release --arm64 --features lambda --bin bootstrap --output-format zip
+	  $(CARGO) lambda build --release --arm64 --no-default-features --features lambda --bin bootstrap --output-format zip
+
+lambda-conformance: ## the conformance runner against the Lambda function under `cargo lambda watch` on DynamoDB Local (slow; not in make test)
+	TOOLS_VENV=$(TOOLS_VENV) scripts/lambda-conformance.sh

@@ -26,8 +26,9 @@ cargo test -p triggers-loadtest
 step "deploy files: cfn-lint, hadolint, compose schema (make lint-deploy)"
 make --no-print-directory lint-deploy
 
-step "the Lambda entry compiles (cargo clippy --features lambda --bin bootstrap)"
+step "the Lambda entry compiles (cargo clippy --features lambda --bin bootstrap), also as it is built: without the conformance runner"
 cargo clippy --features lambda --bin bootstrap -- -D warnings
+cargo clippy --no-default-features --features lambda --bin bootstrap -- -D warnings
 
 stop_emulator=0
 cleanup() {
@@ -52,6 +53,8 @@ echo "DynamoDB endpoint: ${TRIGGERS_TEST_DYNAMODB_ENDPOINT}"
 step "cargo test (unit, conformance x2 backends, proptests, snapshots, CLI)"
 mkdir -p target
 log=target/test-output.log
+# The runner's reports (conformance::runner::*), summarised below.
+rm -f target/tmp/conformance-runner-*.txt target/tmp/conformance-runner-*.xml
 set +e
 cargo test --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
@@ -73,6 +76,14 @@ failed=$(grep -cE '^test .* \.\.\. FAILED$' "$log" || true)
 step "Summary"
 echo "conformance suite: ${sqlite} passed against sqlite, ${dynamo} passed against dynamodb (${TRIGGERS_TEST_DYNAMODB_ENDPOINT}), ${http_only} store-independent cases passed once"
 echo "dynamodb store tests: ${store_dynamo} passed"
+for backend in sqlite dynamodb; do
+    report=target/tmp/conformance-runner-${backend}.txt
+    if [[ -f $report ]]; then
+        echo "conformance runner on ${backend}: $(tail -1 "$report" | sed 's/^conformance: //')"
+    else
+        echo "conformance runner on ${backend}: no report"
+    fi
+done
 echo "failed tests: ${failed}"
 echo "${st_line:-schemathesis: no result}"
 echo "wall time: $(( $(date +%s) - started )) s"

@@ -55,6 +55,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DynamoCommand,
     },
+    /// Run the black-box conformance suite against a deployment: each case
+    /// as PASS, FAIL or SKIP (with the reason), a summary, optionally a
+    /// JUnit report. Exit 0 when every case that ran passed, 1 when one
+    /// failed, 2 when the run could not start (keys missing or not what
+    /// they claim, server unreachable).
+    #[cfg(feature = "conformance")]
+    Conformance(ConformanceArgs),
     /// Exit 0 when a running server's GET /status answers 200, else 1 (a
     /// container health check that needs no shell or curl).
     Healthcheck {
@@ -69,6 +76,55 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+/// `triggers-api conformance`. The four keys come from the environment
+/// (TRIGGERS_CONFORMANCE_CREATOR_KEY, _VIEWER_KEY, _OTHER_ACCOUNT_KEY,
+/// _REVOKED_KEY) or, for those not set there, from the --keys file; never
+/// from the command line, where other users of the machine could read them.
+#[cfg(feature = "conformance")]
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Keys: a creator key of the account the run works in, a viewer key of \
+the same account, a creator key of another account, and a key revoked more than 30 s ago. \
+Create the first three with a high --rate-limit (the run makes about a thousand requests). \
+Use a test account: the run's events are acknowledged as it goes, but a consumer of the \
+account may see them meanwhile."
+)]
+pub struct ConformanceArgs {
+    /// The deployment's base URL; every request path is appended to it, so
+    /// it may end in a path prefix (http://127.0.0.1:9000/lambda-url/bootstrap).
+    #[arg(
+        long,
+        env = "TRIGGERS_CONFORMANCE_BASE_URL",
+        required_unless_present = "list"
+    )]
+    pub base_url: Option<String>,
+    /// A file of NAME=VALUE lines with the keys (the environment variable
+    /// names; # comments; a shell can source it).
+    #[arg(long, env = "TRIGGERS_CONFORMANCE_KEYS")]
+    pub keys: Option<PathBuf>,
+    /// Also write a JUnit XML report to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Run only the cases whose group::name contains this (repeatable).
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Skip the cases whose group::name contains this (repeatable).
+    #[arg(long)]
+    pub skip: Vec<String>,
+    /// A case (with its clean-up) that takes longer fails.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub case_timeout_secs: u64,
+    /// The store backend GET /status must report [default: sqlite or dynamodb].
+    #[arg(long)]
+    pub expect_backend: Option<String>,
+    /// The version / and /status must report [default: any].
+    #[arg(long)]
+    pub expect_version: Option<String>,
+    /// List the cases, and why some are skipped, without running any.
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +294,16 @@ pub struct ServeArgs {
     /// Largest serialized payload, in bytes.
     #[arg(long, env = "TRIGGERS_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
     pub max_payload_bytes: usize,
+    /// Largest POST /events/batch body, in bytes (each of its events also
+    /// within --max-body-bytes and --max-payload-bytes).
+    #[arg(long, env = "TRIGGERS_MAX_BATCH_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub max_batch_body_bytes: u64,
+    /// How long the response to a request with an Idempotency-Key is kept
+    /// and replayed, in seconds (24 h).
+    #[arg(long, env = "TRIGGERS_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    pub idempotency_ttl_secs: u64,
     /// Deduplication window, in seconds.
     #[arg(long, env = "TRIGGERS_DEDUP_WINDOW_SECS", default_value_t = 300)]
     pub dedup_window_secs: u64,
@@ -351,6 +417,10 @@ impl ServeConfig {
 pub struct Settings {
     pub max_body_bytes: usize,
     pub max_payload_bytes: usize,
+    /// The largest POST /events/batch body.
+    pub max_batch_body_bytes: usize,
+    /// How long a response kept for an Idempotency-Key is replayed.
+    pub idempotency_ttl: Duration,
     pub dedup_window: Duration,
     pub delivered_retention: Duration,
     pub store_timeout: Duration,
@@ -374,6 +444,8 @@ impl Default for Settings {
         Self {
             max_body_bytes: 512 * 1024,
             max_payload_bytes: 256 * 1024,
+            max_batch_body_bytes: 1024 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
             dedup_window: Duration::from_secs(300),
             delivered_retention: Duration::from_secs(30 * 24 * 3600),
             store_timeout: Duration::from_secs(5),
@@ -399,6 +471,8 @@ impl Settings {
         Self {
             max_body_bytes: a.max_body_bytes,
             max_payload_bytes: a.max_payload_bytes,
+            max_batch_body_bytes: usize::try_from(a.max_batch_body_bytes).unwrap_or(usize::MAX),
+            idempotency_ttl: Duration::from_secs(a.idempotency_ttl_secs),
             dedup_window: Duration::from_secs(a.dedup_window_secs),
             delivered_retention: Duration::from_secs(a.delivered_retention_secs),
             store_timeout: store.store_timeout(),

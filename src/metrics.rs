@@ -132,6 +132,9 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram>,
     pub events_ingested: Counter,
     pub duplicates: Counter,
+    /// Requests answered with a kept response (same Idempotency-Key, same
+    /// request).
+    pub idempotent_replays: Counter,
     pub acks: Counter,
     pub leased: Counter,
     pub released: Counter,
@@ -161,6 +164,7 @@ impl Metrics {
         );
         let events_ingested = Counter::default();
         let duplicates = Counter::default();
+        let idempotent_replays = Counter::default();
         let acks = Counter::default();
         let leased = Counter::default();
         let released = Counter::default();
@@ -179,13 +183,18 @@ impl Metrics {
         );
         registry.register(
             "events_ingested",
-            "Events created by POST /events",
+            "Events created by POST /events and POST /events/batch (per event)",
             events_ingested.clone(),
         );
         registry.register(
             "events_duplicate",
-            "POST /events answered as duplicates",
+            "Events of POST /events and POST /events/batch answered as duplicates (per event)",
             duplicates.clone(),
+        );
+        registry.register(
+            "idempotent_replays",
+            "Requests answered again with the response kept for their Idempotency-Key",
+            idempotent_replays.clone(),
         );
         registry.register(
             "inbox_acks",
@@ -243,6 +252,7 @@ impl Metrics {
             latency,
             events_ingested,
             duplicates,
+            idempotent_replays,
             acks,
             leased,
             released,

@@ -42,8 +42,10 @@
 //!
 //! The client retries, with exponential backoff and jitter, a request that
 //! was answered **429** `RATE_LIMITED` (after the `Retry-After` delay the
-//! server sends) or **503** `SERVICE_UNAVAILABLE` (after its `Retry-After`,
-//! else the backoff), and one that got no answer (connection refused or
+//! server sends), **503** `SERVICE_UNAVAILABLE` (after its `Retry-After`,
+//! else the backoff) or **409** `CONFLICT` with `Retry-After` (its
+//! idempotency key's first attempt is still being processed), and one that
+//! got no answer (connection refused or
 //! reset, timeout). Attempts are bounded ([`RetryPolicy::max_attempts`], 4 by
 //! default), and a `Retry-After` longer than
 //! [`RetryPolicy::max_retry_after`] is not waited for: the error is returned
@@ -61,21 +63,30 @@
 //!   comparison, and two deliberately identical events sent within the
 //!   window are one event; make the payload differ (e.g. an id of your own)
 //!   if they must be two.
+//! - **send_batch** (`POST /events/batch`): every event of the batch is
+//!   deduplicated the same way, so a retry of a whole batch after a 503 or
+//!   a lost answer gets the events that did land back as duplicates.
 //! - **ack** (`DELETE /events/{id}`) is idempotent: acknowledging again
 //!   answers 204 and keeps the first `delivered_at`.
 //! - **get** and **inbox** only read.
 //!
-//! Errors that a retry cannot fix (400, 401, 403, 404, 413, 415, 500) are
-//! returned at once.
+//! Errors that a retry cannot fix (400, 401, 403, 404, 413, 415, 500, and a
+//! 409 without `Retry-After`) are returned at once.
 //!
 //! # Idempotency keys
 //!
 //! [`SendOptions::idempotency_key`] (or [`ClientBuilder::idempotency_keys`]
 //! for a fresh random key per send) sends an `Idempotency-Key` header, the
-//! same on every retry of that send. The server will keep the first answer
-//! per key (a stronger guarantee than the content-based dedup, and one that
-//! holds past the dedup window); until it does, the header is ignored and
-//! harmless.
+//! same on every retry of that send ([`Client::send_with`],
+//! [`Client::send_batch_with`]). The server keeps the first successful
+//! answer per account and key for 24 hours and sends it again, byte for
+//! byte, to a retry with the same key and the same body
+//! ([`BatchAccepted::replayed`] tells); this holds past the dedup window,
+//! and a retry sees the answer of the first attempt (201) rather than a
+//! duplicate (200). The same key with another body is a 409 `CONFLICT`
+//! error; the same send while its first attempt is still being processed
+//! is a 409 with `Retry-After`, which the client waits for and retries
+//! like a 503.
 //!
 //! # Several consumers: leases
 //!
@@ -102,11 +113,6 @@
 //! }
 //! # }
 //! ```
-//!
-//! # Not yet in the API, so not in this client
-//!
-//! **Batch ingest** (`POST /events/batch`) will be a method of [`Client`]
-//! built on the same private request path (auth, retries, problem mapping).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -128,8 +134,12 @@ mod retry;
 pub use error::{Error, ErrorCode, FieldError, Problem};
 pub use retry::RetryPolicy;
 
-/// The header carrying an idempotency key on `POST /events`.
+/// The header carrying an idempotency key on `POST /events` and
+/// `POST /events/batch`.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header of an answer the server kept for an idempotency key and sent
+/// again.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 const X_API_KEY: &str = "x-api-key";
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -218,6 +228,71 @@ pub struct Accepted {
     pub duplicate: bool,
     /// Always `"accepted"`.
     pub status: String,
+}
+
+/// The answer to a batch send (`POST /events/batch`): one result per
+/// event, in the order sent.
+#[derive(Debug, Clone, Deserialize)]
+#[non_exhaustive]
+pub struct BatchAccepted {
+    pub results: Vec<BatchResult>,
+    /// The server answered with the response it kept for this send's
+    /// `Idempotency-Key` (`Idempotent-Replayed: true`): an earlier attempt
+    /// had been answered already.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl BatchAccepted {
+    /// The events accepted (new or duplicates), with their index.
+    pub fn accepted(&self) -> impl Iterator<Item = (usize, Accepted)> + '_ {
+        self.results
+            .iter()
+            .filter_map(|r| r.accepted().map(|a| (r.index, a)))
+    }
+
+    /// The events refused (400 or 413), each with why.
+    pub fn refused(&self) -> impl Iterator<Item = &BatchResult> {
+        self.results.iter().filter(|r| r.accepted().is_none())
+    }
+}
+
+/// What became of one event of a batch: what a `POST /events` of it would
+/// have answered.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct BatchResult {
+    /// Its position in the batch, from 0.
+    pub index: usize,
+    /// 201 created, 200 duplicate, 400 invalid, 413 too large.
+    pub status: u16,
+    /// 201 and 200: the event's id (the original's for a duplicate).
+    pub event_id: Option<Uuid>,
+    /// 201 and 200: the (original) event's receive time.
+    pub timestamp: Option<DateTime<Utc>>,
+    /// 201 and 200.
+    pub duplicate: Option<bool>,
+    /// 400 and 413: `VALIDATION_ERROR` or `PAYLOAD_TOO_LARGE`.
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+    /// 400 and 413: what is wrong, field by field.
+    #[serde(default)]
+    pub errors: Vec<FieldError>,
+}
+
+impl BatchResult {
+    /// The event as a single send would have answered it, if accepted.
+    pub fn accepted(&self) -> Option<Accepted> {
+        match (self.status, self.event_id, self.timestamp) {
+            (200 | 201, Some(event_id), Some(timestamp)) => Some(Accepted {
+                event_id,
+                timestamp,
+                duplicate: self.duplicate.unwrap_or(self.status == 200),
+                status: "accepted".to_owned(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// An event as the API returns it. `payload` and `metadata` are the JSON
@@ -598,6 +673,8 @@ impl<'a> Call<'a> {
 struct Answer {
     status: StatusCode,
     body: Vec<u8>,
+    /// `Idempotent-Replayed: true`.
+    replayed: bool,
 }
 
 impl Client {
@@ -637,16 +714,55 @@ impl Client {
         let body = serde_json::to_vec(event).map_err(Error::Encode)?;
         let mut call = Call::new(Method::POST, "events");
         call.body = Some(body);
-        let key = match (&opts.idempotency_key, self.inner.idempotency_keys) {
-            (Some(k), _) => Some(k.clone()),
-            (None, true) => Some(Uuid::new_v4().to_string()),
-            (None, false) => None,
-        };
-        if let Some(k) = key {
+        if let Some(k) = self.idempotency_key(opts) {
             call.headers.push((IDEMPOTENCY_KEY, k));
         }
         let answer = self.execute(&call).await?;
         decode(&answer)
+    }
+
+    /// `POST /events/batch`: ingests 1–100 events in one request (and one
+    /// count against the key's rate limit). Each is validated and
+    /// deduplicated as [`Client::send`] would be and answered in its own
+    /// [`BatchResult`]: one refused event does not refuse the others. An
+    /// `Err` means no result at all: a malformed batch (400: none or over
+    /// 100 events), a body over the server's batch limit (413, 1 MiB by
+    /// default), or a store failure (503, retried by the client: retrying a
+    /// whole batch is safe, its events are deduplicated). Needs a
+    /// `creator` key.
+    pub async fn send_batch(&self, events: &[NewEvent]) -> Result<BatchAccepted, Error> {
+        self.send_batch_with(events, &SendOptions::default()).await
+    }
+
+    /// [`Client::send_batch`] with options (an idempotency key: every retry
+    /// of this batch sends the same one, and gets the first answer again).
+    pub async fn send_batch_with(
+        &self,
+        events: &[NewEvent],
+        opts: &SendOptions,
+    ) -> Result<BatchAccepted, Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            events: &'a [NewEvent],
+        }
+        let body = serde_json::to_vec(&Body { events }).map_err(Error::Encode)?;
+        let mut call = Call::new(Method::POST, "events/batch");
+        call.body = Some(body);
+        if let Some(k) = self.idempotency_key(opts) {
+            call.headers.push((IDEMPOTENCY_KEY, k));
+        }
+        let answer = self.execute(&call).await?;
+        let mut out: BatchAccepted = decode(&answer)?;
+        out.replayed = answer.replayed;
+        Ok(out)
+    }
+
+    fn idempotency_key(&self, opts: &SendOptions) -> Option<String> {
+        match (&opts.idempotency_key, self.inner.idempotency_keys) {
+            (Some(k), _) => Some(k.clone()),
+            (None, true) => Some(Uuid::new_v4().to_string()),
+            (None, false) => None,
+        }
     }
 
     /// `GET /events/{id}`: one event of the key's account, delivered or not
@@ -862,7 +978,14 @@ impl Client {
                         }
                     };
                     if status.is_success() {
-                        return Ok(Answer { status, body });
+                        let replayed = headers
+                            .get(IDEMPOTENT_REPLAYED)
+                            .is_some_and(|v| v.as_bytes() == b"true");
+                        return Ok(Answer {
+                            status,
+                            body,
+                            replayed,
+                        });
                     }
                     Problem::from_response(status, &headers, &body, attempt)
                 }

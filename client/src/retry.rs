@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 /// Retries of answers that say "not now" (429 `RATE_LIMITED`, 503
-/// `SERVICE_UNAVAILABLE`) and of requests that got no answer. Why retrying
+/// `SERVICE_UNAVAILABLE`, 409 `CONFLICT` with `Retry-After`: the same
+/// idempotent request still being processed) and of requests that got no
+/// answer. Why retrying
 /// is safe for every call: see the crate documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -74,7 +76,10 @@ impl RetryPolicy {
         status: u16,
         retry_after: Option<Duration>,
     ) -> Option<Duration> {
-        if attempt >= self.max_attempts || !matches!(status, 429 | 503) {
+        // A 409 with Retry-After: the same request (same Idempotency-Key)
+        // is still being processed; a 409 without one is final.
+        let retryable = matches!(status, 429 | 503) || (status == 409 && retry_after.is_some());
+        if attempt >= self.max_attempts || !retryable {
             return None;
         }
         match retry_after {
@@ -130,13 +135,16 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn only_429_and_503_are_retried() {
+    fn only_429_503_and_a_409_with_retry_after_are_retried() {
         let p = RetryPolicy::default();
         for status in [400, 401, 403, 404, 409, 413, 415, 500, 502, 504] {
             assert_eq!(p.delay_after_status(1, status, None), None, "{status}");
         }
         assert!(p.delay_after_status(1, 429, None).is_some());
         assert!(p.delay_after_status(1, 503, None).is_some());
+        assert!(p
+            .delay_after_status(1, 409, Some(Duration::from_secs(1)))
+            .is_some());
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The `triggers-api` binary: `serve` (default), `keys …`, `dynamodb …`,
-//! `healthcheck`.
+//! `healthcheck`, `conformance`.
+
+#[cfg(feature = "conformance")]
+mod conformance;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -40,7 +43,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let store = cli.store;
     match cli.command {
         None => serve(store, ServeArgs::from_env()?).await,
@@ -50,7 +53,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Healthcheck { url, timeout_ms }) => {
             healthcheck(&url, Duration::from_millis(timeout_ms)).await
         }
-    }
+        #[cfg(feature = "conformance")]
+        Some(Command::Conformance(args)) => return conformance::run(args).await,
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(format: LogFormat) {

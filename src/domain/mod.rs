@@ -98,6 +98,39 @@ impl Source {
     }
 }
 
+/// A client's `Idempotency-Key`: 1–255 printable ASCII characters (space
+/// to `~`), not beginning or ending with a space (HTTP drops spaces around a
+/// header value, so such a key could not arrive as sent). Keys live per
+/// account: two accounts' equal keys never meet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(s: &[u8]) -> Result<Self, ParseError> {
+        let printable = |b: &u8| (0x20..=0x7e).contains(b);
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(err("must be 1-255 printable ASCII characters"));
+        }
+        if !s.iter().all(printable) {
+            return Err(err(
+                "must be printable ASCII characters (space to '~') only",
+            ));
+        }
+        if s.first() == Some(&b' ') || s.last() == Some(&b' ') {
+            return Err(err("must not begin or end with a space"));
+        }
+        // All ASCII, so valid UTF-8.
+        let text = std::str::from_utf8(s).map_err(|_| err("must be ASCII"))?;
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Server-assigned, time-ordered (UUIDv7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -688,6 +721,30 @@ mod tests {
             "a@b\u{85}c",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_255_printable_ascii_without_outer_spaces() {
+        for ok in ["a", "order 42", "~!@#$%^&*()", &"k".repeat(255)] {
+            assert_eq!(
+                IdempotencyKey::parse(ok.as_bytes()).map(|k| k.as_str().to_owned()),
+                Ok(ok.to_owned())
+            );
+        }
+        let long = "k".repeat(256);
+        for bad in [
+            &b""[..],
+            long.as_bytes(),
+            b" a",
+            b"a ",
+            b" ",
+            b"a\tb",
+            b"\x7f",
+            "é".as_bytes(),
+            b"a\x00",
+        ] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
         }
     }
 

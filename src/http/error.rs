@@ -55,6 +55,9 @@ pub enum ApiError {
     /// 409: the resource is not in a state that allows this (the detail
     /// says which).
     Conflict(&'static str),
+    /// 409 with `Retry-After`: another request holds the resource now (the
+    /// detail says which); the same request may succeed later.
+    ConflictRetry(&'static str),
     MethodNotAllowed,
     PayloadTooLarge(String),
     /// More request header fields than `max` (431).
@@ -92,6 +95,8 @@ impl ApiError {
 
     /// Seconds a client should wait after a 503.
     pub const UNAVAILABLE_RETRY_SECS: u64 = 1;
+    /// Seconds a client should wait after a retryable 409.
+    pub const CONFLICT_RETRY_SECS: u64 = 1;
 
     fn spec(&self) -> ProblemSpec {
         use ApiError::*;
@@ -137,6 +142,13 @@ impl ApiError {
                 (*why).to_owned(),
                 None,
                 None,
+            ),
+            ConflictRetry(why) => (
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                (*why).to_owned(),
+                None,
+                Some(Self::CONFLICT_RETRY_SECS),
             ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -70,6 +70,40 @@ fn is_json_content_type(v: Option<&header::HeaderValue>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Reads a body declared as JSON, refusing more than `limit` bytes: a
+/// declared length over it before reading, and the bytes actually read
+/// whatever the headers said (chunked bodies included).
+async fn read_json_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    if !is_json_content_type(req.headers().get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("The request body exceeds {limit} bytes."));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::validation(
+            "body",
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn too_deep() -> ApiError {
+    ApiError::validation(
+        "body",
+        format!("JSON nesting deeper than {MAX_DEPTH} levels"),
+    )
+}
+
 /// A request body sent as JSON, read within the body limit and checked
 /// for nesting depth; not yet parsed.
 pub struct JsonBody(pub bytes::Bytes);
@@ -78,38 +112,26 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if !is_json_content_type(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let limit = state.settings.max_body_bytes;
-        let too_large =
-            || ApiError::PayloadTooLarge(format!("The request body exceeds {limit} bytes."));
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        // The limit holds on the bytes actually read, whatever the headers said.
-        let bytes = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-            Err(_) => {
-                return Err(ApiError::validation(
-                    "body",
-                    "the request body could not be read",
-                ))
-            }
-        };
+        let bytes = read_json_body(req, state.settings.max_body_bytes).await?;
         if nesting_depth(&bytes, MAX_DEPTH) > MAX_DEPTH {
-            return Err(ApiError::validation(
-                "body",
-                format!("JSON nesting deeper than {MAX_DEPTH} levels"),
-            ));
+            return Err(too_deep());
         }
         Ok(Self(bytes))
+    }
+}
+
+/// A POST /events/batch body sent as JSON, read within the batch body
+/// limit; not yet parsed. Its nesting depth is checked per event
+/// ([`BatchRequest::parse_json`]): the envelope is read without recursion.
+pub struct BatchBody(pub bytes::Bytes);
+
+impl FromRequest<AppState> for BatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        read_json_body(req, state.settings.max_batch_body_bytes)
+            .await
+            .map(Self)
     }
 }
 
@@ -322,6 +344,123 @@ impl CreateEvent {
             metadata,
             fingerprint,
         })
+    }
+}
+
+/// A parsed POST /events/batch body: each event validated on its own, as
+/// the body of a POST /events (`Err`: its 400 or 413).
+pub struct BatchRequest {
+    pub events: Vec<Result<CreateEvent, ApiError>>,
+}
+
+/// The members of an array, raw, up to `max` of them, and how many there
+/// were in all (the rest are skipped without being kept).
+struct Items<'de> {
+    kept: Vec<&'de RawValue>,
+    count: usize,
+}
+
+struct ItemsVisitor {
+    max: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemsVisitor {
+    type Value = Items<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'de>, A::Error> {
+        let mut out = Items {
+            kept: Vec::new(),
+            count: 0,
+        };
+        loop {
+            if out.count < self.max {
+                match seq.next_element::<&'de RawValue>()? {
+                    Some(item) => out.kept.push(item),
+                    None => return Ok(out),
+                }
+            } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                return Ok(out);
+            }
+            out.count += 1;
+        }
+    }
+}
+
+impl BatchRequest {
+    pub const FIELDS: [&'static str; 1] = ["events"];
+    pub const MAX_EVENTS: usize = 100;
+
+    /// Parses a POST /events/batch body (within its byte limit). The
+    /// envelope — a JSON object whose only member is `events`, an array of
+    /// 1 to 100 items, the whole body well-formed JSON — is all or nothing
+    /// (400 listing every problem). Each item is then judged as the body of
+    /// a POST /events would be: over `max_event_bytes` 413, nested deeper
+    /// than 128 levels 400, otherwise [`CreateEvent::parse_json`]. Nothing
+    /// here recurses before an item's depth is known.
+    pub fn parse_json(
+        body: &[u8],
+        max_event_bytes: usize,
+        max_payload_bytes: usize,
+    ) -> Result<Self, ApiError> {
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
+        let events = match fields.get("events") {
+            None => {
+                errors.push(FieldError::new("events", "is required"));
+                None
+            }
+            Some(raw) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                // Items are skipped without recursion; each one's depth is
+                // checked before it is parsed.
+                de.disable_recursion_limit();
+                let parsed = serde::Deserializer::deserialize_seq(
+                    &mut de,
+                    ItemsVisitor {
+                        max: Self::MAX_EVENTS,
+                    },
+                );
+                match parsed {
+                    Ok(items) if (1..=Self::MAX_EVENTS).contains(&items.count) => Some(items.kept),
+                    Ok(_) => {
+                        errors.push(FieldError::new(
+                            "events",
+                            format!("must hold 1 to {} events", Self::MAX_EVENTS),
+                        ));
+                        None
+                    }
+                    Err(_) => {
+                        errors.push(FieldError::new(
+                            "events",
+                            format!("must be an array of events, not {}", raw_type_name(raw)),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        let Some(items) = events.filter(|_| errors.is_empty()) else {
+            return Err(ApiError::Validation(errors));
+        };
+        let events = items
+            .into_iter()
+            .map(|item| {
+                let text = item.get().as_bytes();
+                if text.len() > max_event_bytes {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "The event exceeds {max_event_bytes} bytes (the largest POST /events body)."
+                    )));
+                }
+                if nesting_depth(text, MAX_DEPTH) > MAX_DEPTH {
+                    return Err(too_deep());
+                }
+                CreateEvent::parse_json(text, max_payload_bytes)
+            })
+            .collect();
+        Ok(Self { events })
     }
 }
 
@@ -1024,7 +1163,111 @@ mod tests {
         ));
     }
 
+    fn outcome(r: &Result<CreateEvent, ApiError>) -> String {
+        match r {
+            Ok(c) => format!(
+                "ok {} {} {:?} {:?} {}",
+                c.event_type.as_str(),
+                c.payload.as_str(),
+                c.source,
+                c.fingerprint,
+                c.metadata.as_str()
+            ),
+            Err(ApiError::Validation(errs)) => format!("400 {errs:?}"),
+            Err(ApiError::PayloadTooLarge(m)) => format!("413 {m}"),
+            Err(e) => format!("other {e:?}"),
+        }
+    }
+
+    /// One batch item as JSON text: valid events, each kind of invalid
+    /// one, and values that are not events at all.
+    fn batch_item() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            Just(String::new()),
+            "[a-z.]{1,12}",
+            "\\PC{0,8}",
+            Just("\u{7}".to_owned()),
+        ];
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            text.clone().prop_map(Value::from),
+            proptest::collection::btree_map("[a-c]{1,2}", any::<u8>(), 0..4)
+                .prop_map(|m| serde_json::json!(m)),
+            "[a-z]{0,80}".prop_map(|s| serde_json::json!({ "pad": s })),
+            Just(serde_json::json!([1, 2])),
+        ];
+        let member = prop_oneof![
+            Just("event_type"),
+            Just("payload"),
+            Just("source"),
+            Just("metadata"),
+            Just("colour"),
+        ];
+        prop_oneof![
+            proptest::collection::vec((member, value.clone()), 0..6).prop_map(|kv| {
+                let fields: Vec<String> = kv
+                    .into_iter()
+                    .map(|(k, v)| format!("\"{k}\" : {v}"))
+                    .collect();
+                format!("{{ {} }}", fields.join(" , "))
+            }),
+            value.prop_map(|v| v.to_string()),
+        ]
+    }
+
+    #[test]
+    fn a_batch_envelope_is_refused_as_a_whole() {
+        let event = r#"{"event_type":"t","payload":{}}"#;
+        for (body, field) in [
+            ("[]".to_owned(), "body"),
+            ("{}".to_owned(), "events"),
+            (r#"{"events":{}}"#.to_owned(), "events"),
+            (r#"{"events":[]}"#.to_owned(), "events"),
+            (format!(r#"{{"events":[{event}],"x":1}}"#), "x"),
+            (format!(r#"{{"events":[{event}],"events":[]}}"#), "events"),
+            (format!(r#"{{"events":[{event}]"#), "body"),
+        ] {
+            match BatchRequest::parse_json(body.as_bytes(), 1024, 1024) {
+                Err(ApiError::Validation(errs)) => {
+                    assert_eq!(errs[0].field, field, "{body}")
+                }
+                _ => panic!("{body}: not refused"),
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn batch_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = BatchRequest::parse_json(&body, 64, 32);
+        }
+
+        #[test]
+        fn a_batch_holds_1_to_100_events(n in 0usize..150) {
+            let items = vec![r#"{"event_type":"t","payload":{}}"#; n].join(",");
+            let body = format!(r#"{{"events":[{items}]}}"#);
+            let parsed = BatchRequest::parse_json(body.as_bytes(), 1024, 1024);
+            prop_assert_eq!(parsed.is_ok(), (1..=100).contains(&n));
+        }
+
+        /// Each item is judged exactly as the same text sent alone to POST
+        /// /events (within the same limits) would be.
+        #[test]
+        fn each_batch_item_is_judged_as_its_own_post(items in proptest::collection::vec(batch_item(), 1..8)) {
+            let body = format!("{{ \"events\" : [ {} ] }}", items.join(" , "));
+            let parsed = BatchRequest::parse_json(body.as_bytes(), 96, 40).expect("a valid envelope");
+            prop_assert_eq!(parsed.events.len(), items.len());
+            for (item, got) in items.iter().zip(&parsed.events) {
+                let alone = if item.len() > 96 {
+                    Err(ApiError::PayloadTooLarge("The event exceeds 96 bytes (the largest POST /events body).".into()))
+                } else {
+                    CreateEvent::parse_json(item.as_bytes(), 40)
+                };
+                prop_assert_eq!(outcome(got), outcome(&alone), "{}", item);
+            }
+        }
+
         #[test]
         fn lease_body_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = LeaseParams::parse_json(&body);

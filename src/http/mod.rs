@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod observe;
 pub mod openapi;
 pub mod ratelimit;

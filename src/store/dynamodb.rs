@@ -2,10 +2,13 @@
 //!
 //! Two tables, `{prefix}-events` and `{prefix}-keys`. Every request-path read
 //! is a GetItem or a strongly consistent Query; ingest (with its dedup) and
-//! ack are each one TransactWriteItems. No SDK type leaves this module: every
+//! ack are each one TransactWriteItems, a batch of 100 events four
+//! ([`batch`]); idempotency keys are items of their own ([`idempotency`]). No SDK type leaves this module: every
 //! SDK error becomes a [`StoreError`] with the SDK error boxed as its source.
 //! The tables themselves (keys, index, TTL) and their creation: [`schema`].
 
+mod batch;
+mod idempotency;
 mod item;
 mod leases;
 pub mod schema;
@@ -33,10 +36,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use self::item::{Item, A_DELIVERED_AT, A_META_PARTS, A_TS, PK, SK, TSK, TTL};
-use crate::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, KeyStatus, LeaseId};
+use crate::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, IdempotencyKey, KeyId, KeyStatus, LeaseId,
+};
 use crate::store::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, InboxState, Inserted, KeyChange, LeaseRequest,
-    NewEvent, Position, RequeueOutcome, Settled, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, InboxState,
+    Insert, Inserted, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome, Settled, Store,
+    StoreError,
 };
 
 /// How to reach DynamoDB. Credentials and region come from the standard AWS
@@ -247,6 +253,14 @@ fn values(list: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> 
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An earlier event with the fingerprint whose timestamp is after this
+/// (epoch ms) makes `e` a duplicate.
+fn dedup_cutoff(e: &NewEvent, dedup: &Dedup) -> i64 {
+    e.timestamp
+        .timestamp_millis()
+        .saturating_sub(millis(dedup.window))
 }
 
 fn from_millis_saturating(ms: i64) -> DateTime<Utc> {
@@ -487,15 +501,28 @@ impl DynamoStore {
             .map_err(StoreError::internal)
     }
 
-    async fn insert_inner(&self, e: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
+    /// The writes of one new event, in this order: the dedup record
+    /// (conditional: absent or past the window; `ALL_OLD` on failure), the
+    /// event (conditional: its id is new), its inbox entry, its available
+    /// marker [and its metadata parts]. Also their estimated size.
+    fn insert_writes(
+        &self,
+        e: &NewEvent,
+        dedup: &Dedup,
+    ) -> Result<(Vec<TransactWriteItem>, usize), StoreError> {
         let ts = e.timestamp.timestamp_millis();
         let window = millis(dedup.window);
         // An earlier event with this fingerprint and `ts > cutoff` makes this
         // one a duplicate: judged by the stored timestamp, not by TTL.
         let cutoff = ts.saturating_sub(window);
         let expires = from_millis_saturating(ts.saturating_add(window));
-        let dedup_item = item::dedup_item(&e, &dedup.fingerprint, &expires);
-        let items = item::event_items(&e);
+        let dedup_item = item::dedup_item(e, &dedup.fingerprint, &expires);
+        let items = item::event_items(e);
+        let bytes = item::item_size(&dedup_item)
+            + item::item_size(&items.event)
+            + item::item_size(&items.inbox)
+            + item::item_size(&items.available)
+            + items.parts.iter().map(item::item_size).sum::<usize>();
 
         let dedup_put = Put::builder()
             .table_name(&self.events)
@@ -530,52 +557,74 @@ impl DynamoStore {
                     .build(),
             );
         }
+        Ok((writes, bytes))
+    }
 
+    async fn insert_inner(&self, e: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
+        let (writes, _) = self.insert_writes(&e, &dedup)?;
         for _ in 0..4 {
             let Some(reasons) = self.transact(writes.clone()).await? else {
                 return Ok(Inserted::Created);
             };
-            let code = |i: usize| reasons.get(i).map(reason_code);
-            if code(1) == Some(CONDITION_FAILED) {
-                // The event id exists already: a caller retrying the same
-                // NewEvent after an unknown outcome, or an id collision.
-                return Err(StoreError::Conflict);
+            if let Some(dup) = self.dedup_verdict(&e, &dedup, &reasons).await? {
+                return Ok(dup);
             }
-            if code(0) != Some(CONDITION_FAILED) {
-                return Err(StoreError::Internal(Box::new(Message(
-                    "unexpected transaction cancellation",
-                ))));
-            }
-            // The original arrives with the cancellation (ALL_OLD); an
-            // endpoint that omits it costs one consistent read.
-            let original = match reasons.first().and_then(|r| r.item.clone()) {
-                Some(it) => Some(it),
-                None => {
-                    self.get_item(
-                        &self.events,
-                        item::key(
-                            item::dedup_pk(&e.account, &dedup.fingerprint),
-                            item::DEDUP_SK,
-                        ),
-                    )
-                    .await?
-                }
-            };
-            if let Some(original) = original {
-                let (event_id, timestamp) = item::dedup_original(&original)?;
-                if timestamp.timestamp_millis() > cutoff {
-                    return Ok(Inserted::Duplicate {
-                        event_id,
-                        timestamp,
-                    });
-                }
-            }
-            // The record changed between the cancellation and the read:
-            // decide again.
         }
         Err(StoreError::Unavailable(Box::new(Message(
             "dedup record kept changing",
         ))))
+    }
+
+    /// What the cancellation of an event's writes ([`Self::insert_writes`],
+    /// `reasons` in that order) means: a duplicate (`Some`), or `None` when
+    /// the dedup record changed between the cancellation and the read (the
+    /// caller decides again). An event id that exists already (a caller
+    /// retrying the same `NewEvent` after an unknown outcome, or an id
+    /// collision) is `Conflict`.
+    async fn dedup_verdict(
+        &self,
+        e: &NewEvent,
+        dedup: &Dedup,
+        reasons: &[CancellationReason],
+    ) -> Result<Option<Inserted>, StoreError> {
+        let code = |i: usize| reasons.get(i).map(reason_code);
+        if code(1) == Some(CONDITION_FAILED) {
+            return Err(StoreError::Conflict);
+        }
+        if code(0) != Some(CONDITION_FAILED) {
+            return Err(StoreError::Internal(Box::new(Message(
+                "unexpected transaction cancellation",
+            ))));
+        }
+        // The original arrives with the cancellation (ALL_OLD); an
+        // endpoint that omits it costs one consistent read.
+        let original = match reasons
+            .first()
+            .and_then(|r| r.item.clone())
+            .filter(|it| !it.is_empty())
+        {
+            Some(it) => Some(it),
+            None => {
+                self.get_item(
+                    &self.events,
+                    item::key(
+                        item::dedup_pk(&e.account, &dedup.fingerprint),
+                        item::DEDUP_SK,
+                    ),
+                )
+                .await?
+            }
+        };
+        if let Some(original) = original {
+            let (event_id, timestamp) = item::dedup_original(&original)?;
+            if timestamp.timestamp_millis() > dedup_cutoff(e, dedup) {
+                return Ok(Some(Inserted::Duplicate {
+                    event_id,
+                    timestamp,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     async fn get_event_inner(
@@ -1013,6 +1062,34 @@ impl Store for DynamoStore {
         self.within(self.insert_inner(event, dedup)).await
     }
 
+    /// TransactWriteItems of up to 100 items (4 per event: 25 events each
+    /// without metadata parts), all sent at once; a transaction cancelled
+    /// by duplicates is sent again without them (the cancellation carries
+    /// each original). 100 new events: 4 requests.
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
+        self.within(self.insert_events_inner(events)).await
+    }
+
+    /// One conditional PutItem (its failure returns the live record).
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.within(self.claim_idempotency_inner(claim)).await
+    }
+
+    /// One conditional UpdateItem (keep) or DeleteItem (release).
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        self.within(self.finish_idempotency_inner(account, key, token, finish))
+            .await
+    }
+
     /// One strongly consistent GetItem (plus one Query for an event whose
     /// metadata lives in parts).
     async fn get_event(
@@ -1103,12 +1180,14 @@ impl Store for DynamoStore {
             .await
     }
 
-    /// DynamoDB's TTL deletes delivered events and dedup records (the `ttl`
-    /// attribute); reads already hide what is past its cutoff. Nothing to do.
+    /// DynamoDB's TTL deletes delivered events, dedup and idempotency
+    /// records (the `ttl` attribute); reads already hide what is past its
+    /// cutoff. Nothing to do.
     async fn purge(
         &self,
         _delivered_cutoff: DateTime<Utc>,
         _dedup_cutoff: DateTime<Utc>,
+        _idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         Ok(0)
     }

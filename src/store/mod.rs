@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus,
-    LeaseId, Source,
+    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, IdempotencyKey, JsonObject, KeyId,
+    KeyStatus, LeaseId, Source,
 };
 
 pub mod dynamodb;
@@ -82,6 +82,71 @@ pub enum Inserted {
         event_id: EventId,
         timestamp: DateTime<Utc>,
     },
+}
+
+/// One event of a batch insert ([`Store::insert_events`]).
+#[derive(Debug, Clone)]
+pub struct Insert {
+    pub event: NewEvent,
+    pub dedup: Dedup,
+}
+
+/// A request that claims an idempotency key
+/// ([`Store::claim_idempotency_key`]).
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub account: AccountId,
+    pub key: IdempotencyKey,
+    /// What makes two requests "the same" (the service's digest of the
+    /// route and the raw body); compared byte for byte.
+    pub request: [u8; 32],
+    /// Random; names this claim when it is finished.
+    pub token: uuid::Uuid,
+    /// The time of the request: a record that expired at or before it is
+    /// as good as absent.
+    pub now: DateTime<Utc>,
+    /// When the claim lapses if it is never finished (a request that died
+    /// holds the key no longer than this).
+    pub lapses_at: DateTime<Utc>,
+}
+
+/// The response kept for an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptResponse {
+    /// An HTTP status code.
+    pub status: u16,
+    /// The body, byte for byte.
+    pub body: Vec<u8>,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// No live record: the key is this request's now, until the claim
+    /// lapses or is finished.
+    Claimed,
+    /// Another request holds the key (its claim has not lapsed).
+    InFlight {
+        /// That request is the same as this one.
+        same_request: bool,
+    },
+    /// A response is kept for the key (not expired).
+    Kept {
+        same_request: bool,
+        response: KeptResponse,
+    },
+}
+
+/// How a claim ends ([`Store::finish_idempotency_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// Keep `response` for the key until `expires_at`.
+    Keep {
+        response: KeptResponse,
+        expires_at: DateTime<Utc>,
+    },
+    /// Forget the claim: the key is free again at once.
+    Release,
 }
 
 /// Which of an account's undelivered events a listing walks.
@@ -241,6 +306,44 @@ pub trait Store: Send + Sync + 'static {
     /// check. Returns only once the write is durable.
     async fn insert_event(&self, event: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError>;
 
+    /// Inserts a batch (1–100 events, the service's batch ingest): the
+    /// outcome of each, in order, is what [`Store::insert_event`] would
+    /// give if the events were inserted one after another in this order —
+    /// so an event whose fingerprint an earlier one of the batch shares
+    /// (within the window) is a duplicate of that one. Each event is
+    /// atomic with its dedup check, as in `insert_event`. Returns only once
+    /// every created event is durable.
+    ///
+    /// On an error, any subset of the events may have been written (each
+    /// whole, with its dedup record; SQLite writes all or none): the caller
+    /// must not answer any of them as written, and a retry of the batch is
+    /// deduplicated into what was.
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError>;
+
+    /// Claims `claim.key` of `claim.account` for a request, atomically: if
+    /// the account has no record for the key whose expiry is after
+    /// `claim.now`, records the claim (request digest, token, expiry
+    /// `lapses_at`) and answers `Claimed`; otherwise answers what the live
+    /// record holds (in flight, or a kept response), with whether its
+    /// request digest equals `claim.request`, and changes nothing.
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError>;
+
+    /// Finishes the claim `token` made on `key`: keeps the response (the
+    /// record's expiry becomes `expires_at`) or releases the key (the
+    /// record goes). Only while the record is still that claim, in flight
+    /// (lapsed or not): returns false, changing nothing, when another claim
+    /// took the key over or the record is already finished or gone.
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError>;
+
     async fn get_event(
         &self,
         account: &AccountId,
@@ -316,13 +419,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RequeueOutcome, StoreError>;
 
     /// Removes delivered events with `delivered_at <= delivered_cutoff`,
-    /// lease records with `leased_until <= delivered_cutoff` and dedup
-    /// records older than `dedup_cutoff` (they can no longer match);
-    /// returns how many events went. A backend whose TTL does this may do
-    /// less here, as long as reads already hide what is expired.
+    /// lease records with `leased_until <= delivered_cutoff`, dedup
+    /// records older than `dedup_cutoff` (they can no longer match) and
+    /// idempotency records whose expiry is at or before
+    /// `idempotency_cutoff` (the present: claims already treat them as
+    /// absent); returns how many events went. A backend whose TTL does this
+    /// may do less here, as long as reads already hide what is expired.
     async fn purge(
         &self,
         delivered_cutoff: DateTime<Utc>,
         dedup_cutoff: DateTime<Utc>,
+        idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
 }

@@ -10,6 +10,13 @@
 //! `keys` CLI) may open the same file: `BEGIN IMMEDIATE` plus a busy timeout
 //! serialise their writers.
 //!
+//! A batch of events (`insert_events`) is one job: every event with its
+//! dedup check, in order, in the job's savepoint, so the batch commits
+//! whole or not at all, and a later event of the batch sees the dedup
+//! records of the earlier ones. Idempotency keys are rows of
+//! `idempotency` (see `MIGRATE_V3`), claimed and finished by writer jobs
+//! (the read and the write of a claim are one atomic step).
+//!
 //! Leases are writes like any other, so the one writer serialises them: a
 //! lease reads its candidates and marks them in one job, and no two leases
 //! can take one event. The lease state lives in columns of `events`
@@ -49,12 +56,13 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, InboxState, Inserted, KeyChange, LeaseRequest,
-    NewEvent, Position, RequeueOutcome, Settled, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, InboxState,
+    Insert, Inserted, KeptResponse, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome,
+    Settled, Store, StoreError,
 };
 use crate::domain::{
-    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus,
-    LeaseId, Role, Source,
+    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, IdempotencyKey, JsonObject, KeyId,
+    KeyStatus, LeaseId, Role, Source,
 };
 
 const MAX_BATCH: usize = 512;
@@ -63,8 +71,8 @@ const READERS_KEPT: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const PURGE_CHUNK: i64 = 5000;
 /// 1: events, dedup, keys, secrets. 2: leases (columns on `events`, the
-/// `leases` table, indexes by state).
-const SCHEMA_VERSION: i64 = 2;
+/// `leases` table, indexes by state). 3: idempotency keys.
+const SCHEMA_VERSION: i64 = 3;
 /// How often the background checkpointer runs a passive checkpoint while
 /// the WAL keeps changing: often, so that little is left for the writer's
 /// automatic checkpoint (see the module docs).
@@ -151,6 +159,27 @@ CREATE TABLE leases (
     event_ids       BLOB    NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX leases_until ON leases (leased_until_ms);
+";
+
+/// Version 2 to 3: idempotency keys. One row per (account, key): the
+/// request digest, the token of the claim that made it, its expiry (the
+/// claim's lapse while in flight, the kept response's end once finished)
+/// and, once finished, the response. A row whose expiry has passed counts
+/// as absent; the purge deletes it (`idempotency_expires`). A rowid table:
+/// a kept body can be tens of KiB.
+const MIGRATE_V3: &str = "
+CREATE TABLE idempotency (
+    account    TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    request    BLOB    NOT NULL,
+    token      BLOB    NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    -- NULL while in flight
+    status     INTEGER,
+    body       BLOB,
+    PRIMARY KEY (account, key)
+);
+CREATE INDEX idempotency_expires ON idempotency (expires_ms);
 ";
 
 /// Why a group commit failed; the cause is logged by the writer.
@@ -337,6 +366,9 @@ impl SqliteStore {
         }
         if version < 2 {
             tx.execute_batch(MIGRATE_V2).map_err(map_err)?;
+        }
+        if version < 3 {
+            tx.execute_batch(MIGRATE_V3).map_err(map_err)?;
         }
         if version != SCHEMA_VERSION {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -840,6 +872,106 @@ fn settle_in(
     Ok(Some(out))
 }
 
+/// Inserts one event unless it is a duplicate (within the writer's
+/// transaction: the dedup check and the insert are one atomic step).
+fn insert_in(c: &Connection, e: &NewEvent, dedup: &Dedup) -> Result<Inserted, StoreError> {
+    let window_ms = i64::try_from(dedup.window.as_millis()).unwrap_or(i64::MAX);
+    let account = e.account.as_str();
+    let ts = ms(e.timestamp);
+    let prior: Option<(Vec<u8>, i64)> = c
+        .prepare_cached("SELECT event_id, ts_ms FROM dedup WHERE account = ?1 AND fingerprint = ?2")
+        .map_err(map_err)?
+        .query_row(params![account, dedup.fingerprint.0.as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(map_err)?;
+    if let Some((id, orig_ts)) = prior {
+        if orig_ts.saturating_add(window_ms) > ts {
+            let id = uuid::Uuid::from_slice(&id).map_err(|_| StoreError::Corrupt {
+                what: "dedup event id",
+            })?;
+            return Ok(Inserted::Duplicate {
+                event_id: EventId::from_uuid(id),
+                timestamp: from_ms(orig_ts)?,
+            });
+        }
+    }
+    let id = id_bytes(&e.event_id);
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO dedup (account, fingerprint, event_id, ts_ms) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(map_err)?
+    .execute(params![account, dedup.fingerprint.0.as_slice(), id.as_slice(), ts])
+    .map_err(map_err)?;
+    c.prepare_cached(
+        "INSERT INTO events (event_id, account, event_type, payload, source, metadata, ts_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .map_err(map_err)?
+    .execute(params![
+        id.as_slice(),
+        account,
+        e.event_type.as_str(),
+        e.payload.as_str(),
+        e.source.as_ref().map(Source::as_str),
+        e.metadata.as_str(),
+        ts
+    ])
+    .map_err(map_err)?;
+    Ok(Inserted::Created)
+}
+
+/// [`Store::claim_idempotency_key`] in the writer's transaction: the read
+/// and the write are one atomic step.
+fn claim_in(c: &Connection, claim: &IdempotencyClaim) -> Result<ClaimOutcome, StoreError> {
+    let (account, key) = (claim.account.as_str(), claim.key.as_str());
+    /// request, expires_ms, status, body
+    type Row = (Vec<u8>, i64, Option<i64>, Option<Vec<u8>>);
+    let row: Option<Row> = c
+        .prepare_cached(
+            "SELECT request, expires_ms, status, body FROM idempotency \
+             WHERE account = ?1 AND key = ?2",
+        )
+        .map_err(map_err)?
+        .query_row(params![account, key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .map_err(map_err)?;
+    if let Some((request, expires_ms, status, body)) = row {
+        if expires_ms > ms(claim.now) {
+            let same_request = request.as_slice() == claim.request.as_slice();
+            return Ok(match status {
+                None => ClaimOutcome::InFlight { same_request },
+                Some(status) => ClaimOutcome::Kept {
+                    same_request,
+                    response: KeptResponse {
+                        status: u16::try_from(status).map_err(|_| StoreError::Corrupt {
+                            what: "idempotency status",
+                        })?,
+                        body: body.unwrap_or_default(),
+                    },
+                },
+            });
+        }
+    }
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency (account, key, request, token, expires_ms, status, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL)",
+    )
+    .map_err(map_err)?
+    .execute(params![
+        account,
+        key,
+        claim.request.as_slice(),
+        claim.token.as_bytes().as_slice(),
+        ms(claim.lapses_at)
+    ])
+    .map_err(map_err)?;
+    Ok(ClaimOutcome::Claimed)
+}
+
 fn decode_position(p: &Position) -> Result<i64, StoreError> {
     let bytes: [u8; 8] =
         p.0.as_slice()
@@ -982,51 +1114,71 @@ impl Store for SqliteStore {
     }
 
     async fn insert_event(&self, e: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
-        let window_ms = i64::try_from(dedup.window.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |c| insert_in(c, &e, &dedup)).await
+    }
+
+    /// One job of the writer: every event in its savepoint, in order (a
+    /// later one sees the dedup records of the earlier ones), committed in
+    /// one group transaction: all or none.
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
         self.write(move |c| {
-            let account = e.account.as_str();
-            let ts = ms(e.timestamp);
-            let prior: Option<(Vec<u8>, i64)> = c
-                .prepare_cached("SELECT event_id, ts_ms FROM dedup WHERE account = ?1 AND fingerprint = ?2")
-                .map_err(map_err)?
-                .query_row(params![account, dedup.fingerprint.0.as_slice()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-                .map_err(map_err)?;
-            if let Some((id, orig_ts)) = prior {
-                if orig_ts.saturating_add(window_ms) > ts {
-                    let id = uuid::Uuid::from_slice(&id)
-                        .map_err(|_| StoreError::Corrupt { what: "dedup event id" })?;
-                    return Ok(Inserted::Duplicate {
-                        event_id: EventId::from_uuid(id),
-                        timestamp: from_ms(orig_ts)?,
-                    });
-                }
+            events
+                .iter()
+                .map(|i| insert_in(c, &i.event, &i.dedup))
+                .collect()
+        })
+        .await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let claim = claim.clone();
+        self.write(move |c| claim_in(c, &claim)).await
+    }
+
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        let (account, key) = (account.clone(), key.clone());
+        self.write(move |c| {
+            let n = match finish {
+                Finish::Keep {
+                    response,
+                    expires_at,
+                } => c
+                    .prepare_cached(
+                        "UPDATE idempotency SET status = ?4, body = ?5, expires_ms = ?6 \
+                         WHERE account = ?1 AND key = ?2 AND token = ?3 AND status IS NULL",
+                    )
+                    .map_err(map_err)?
+                    .execute(params![
+                        account.as_str(),
+                        key.as_str(),
+                        token.as_bytes().as_slice(),
+                        response.status,
+                        response.body,
+                        ms(expires_at)
+                    ]),
+                Finish::Release => c
+                    .prepare_cached(
+                        "DELETE FROM idempotency WHERE account = ?1 AND key = ?2 AND token = ?3 \
+                         AND status IS NULL",
+                    )
+                    .map_err(map_err)?
+                    .execute(params![
+                        account.as_str(),
+                        key.as_str(),
+                        token.as_bytes().as_slice()
+                    ]),
             }
-            let id = id_bytes(&e.event_id);
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO dedup (account, fingerprint, event_id, ts_ms) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(map_err)?
-            .execute(params![account, dedup.fingerprint.0.as_slice(), id.as_slice(), ts])
             .map_err(map_err)?;
-            c.prepare_cached(
-                "INSERT INTO events (event_id, account, event_type, payload, source, metadata, ts_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(map_err)?
-            .execute(params![
-                id.as_slice(),
-                account,
-                e.event_type.as_str(),
-                e.payload.as_str(),
-                e.source.as_ref().map(Source::as_str),
-                e.metadata.as_str(),
-                ts
-            ])
-            .map_err(map_err)?;
-            Ok(Inserted::Created)
+            Ok(n == 1)
         })
         .await
     }
@@ -1258,8 +1410,13 @@ impl Store for SqliteStore {
         &self,
         delivered_cutoff: DateTime<Utc>,
         dedup_cutoff: DateTime<Utc>,
+        idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let (dc, fc) = (ms(delivered_cutoff), ms(dedup_cutoff));
+        let (dc, fc, ic) = (
+            ms(delivered_cutoff),
+            ms(dedup_cutoff),
+            ms(idempotency_cutoff),
+        );
         let mut total = 0u64;
         // In chunks, so one purge never holds the writer for long.
         loop {
@@ -1286,7 +1443,14 @@ impl Store for SqliteStore {
                             params![dc, PURGE_CHUNK],
                         )
                         .map_err(map_err)?;
-                    Ok((events as u64, dedups.max(leases) as u64))
+                    let keys = c
+                        .execute(
+                            "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency \
+                             WHERE expires_ms <= ?1 LIMIT ?2)",
+                            params![ic, PURGE_CHUNK],
+                        )
+                        .map_err(map_err)?;
+                    Ok((events as u64, dedups.max(leases).max(keys) as u64))
                 })
                 .await?;
             total += events;
@@ -1305,6 +1469,7 @@ mod tests {
         let c = Connection::open_in_memory().expect("in memory");
         c.execute_batch(SCHEMA_V1).expect("v1");
         c.execute_batch(MIGRATE_V2).expect("v2");
+        c.execute_batch(MIGRATE_V3).expect("v3");
         c
     }
 

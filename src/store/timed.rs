@@ -14,11 +14,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, LeaseRequest, NewEvent,
-    RequeueOutcome, Settled, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, Insert,
+    Inserted, KeyChange, LeaseRequest, NewEvent, RequeueOutcome, Settled, Store, StoreError,
 };
 use crate::clock::Clock;
-use crate::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, LeaseId};
+use crate::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, IdempotencyKey, KeyId, LeaseId,
+};
 
 /// How long a failed write keeps `/status` degraded when no write follows.
 pub const WRITE_FAILURE_MEMORY: Duration = Duration::from_secs(60);
@@ -137,6 +139,28 @@ impl Store for Timed {
     async fn insert_event(&self, event: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
         self.write(self.inner.insert_event(event, dedup)).await
     }
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
+        self.write(self.inner.insert_events(events)).await
+    }
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.write(self.inner.claim_idempotency_key(claim)).await
+    }
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        self.write(
+            self.inner
+                .finish_idempotency_key(account, key, token, finish),
+        )
+        .await
+    }
     async fn get_event(
         &self,
         account: &AccountId,
@@ -213,11 +237,15 @@ impl Store for Timed {
         &self,
         delivered_cutoff: DateTime<Utc>,
         dedup_cutoff: DateTime<Utc>,
+        idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         // Chunks committed before the budget ran out stay done; the next
         // pass goes on from there.
-        self.write(self.inner.purge(delivered_cutoff, dedup_cutoff))
-            .await
+        self.write(
+            self.inner
+                .purge(delivered_cutoff, dedup_cutoff, idempotency_cutoff),
+        )
+        .await
     }
 }
 

@@ -106,6 +106,57 @@ async fn get_returns_the_event_exactly_as_sent_and_ack_marks_it_delivered() {
 }
 
 #[tokio::test]
+async fn send_batch_answers_every_event_in_order_and_a_keyed_retry_gets_the_first_answer() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let c = client(&app.base, &app.key("acme", Role::Creator).await);
+    let before = c
+        .send(&NewEvent::new("order.created", json!({"order": 1})))
+        .await
+        .expect("send");
+    let events = [
+        NewEvent::new("order.created", json!({"order": 2})).source("shop"),
+        NewEvent::new("", json!({"order": 3})),
+        NewEvent::new("order.created", json!({"order": 1})),
+        NewEvent::new("order.created", json!({"order": 2})).source("shop"),
+    ];
+    let opts = SendOptions::default().idempotency_key("batch-1");
+    let answer = c.send_batch_with(&events, &opts).await.expect("batch");
+    assert!(!answer.replayed);
+    let statuses: Vec<u16> = answer.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 400, 200, 200]);
+    let accepted: Vec<(usize, triggers_client::Accepted)> = answer.accepted().collect();
+    assert_eq!(accepted.len(), 3);
+    assert!(!accepted[0].1.duplicate);
+    assert_eq!(accepted[1].1.event_id, before.event_id);
+    assert!(accepted[1].1.duplicate);
+    // The repeat within the batch is the first one's duplicate.
+    assert_eq!(accepted[2].1.event_id, accepted[0].1.event_id);
+    let refused: Vec<&triggers_client::BatchResult> = answer.refused().collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].index, 1);
+    assert_eq!(refused[0].code, Some(ErrorCode::ValidationError));
+    assert_eq!(refused[0].errors[0].field, "event_type");
+    // The event is readable like any other.
+    let got = c.get(accepted[0].1.event_id).await.expect("get");
+    assert_eq!(got.source.as_deref(), Some("shop"));
+
+    // The same send again with its key: the first answer, replayed.
+    let again = c.send_batch_with(&events, &opts).await.expect("again");
+    assert!(again.replayed);
+    assert_eq!(again.results, answer.results);
+    // The key with another batch: a conflict, not retried.
+    let e = c
+        .send_batch_with(&events[..1], &opts)
+        .await
+        .expect_err("conflict");
+    assert_eq!(e.status(), Some(409));
+    assert_eq!(e.code(), Some(&ErrorCode::Conflict));
+    // A malformed batch has no results: an error.
+    let e = c.send_batch(&[]).await.expect_err("empty batch");
+    assert_eq!(e.code(), Some(&ErrorCode::ValidationError));
+}
+
+#[tokio::test]
 async fn the_inbox_stream_walks_every_page_in_order_with_and_without_a_filter() {
     let app = TestApp::start(Backend::Sqlite).await;
     let c = client(&app.base, &app.key("acme", Role::Creator).await);
@@ -587,6 +638,37 @@ async fn a_503_twice_then_201_is_retried_with_one_idempotency_key_and_the_same_b
     let seen = stub.seen();
     assert_eq!(seen[0].headers["idempotency-key"], "order-42");
     assert_ne!(seen[1].headers["idempotency-key"], "order-42");
+}
+
+const IN_FLIGHT: &str = r#"{"type":"/docs#problem-conflict","title":"Conflict","status":409,"detail":"A request with this Idempotency-Key is still being processed.","code":"CONFLICT","correlation_id":"stub-409"}"#;
+
+#[tokio::test]
+async fn a_409_with_retry_after_is_retried_with_the_same_key_and_one_without_is_not() {
+    let stub = Stub::start(vec![
+        (409, vec![PROBLEM, ("retry-after", "0")], IN_FLIGHT),
+        (201, vec![JSON, ("idempotent-replayed", "true")], CREATED),
+    ])
+    .await;
+    let c = client(&stub.base, "trg_key");
+    let opts = SendOptions::default().idempotency_key("once");
+    c.send_with(&NewEvent::new("t", json!({})), &opts)
+        .await
+        .expect("the retry gets the kept answer");
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.headers["idempotency-key"] == "once"));
+
+    let stub = Stub::start(vec![(409, vec![PROBLEM], IN_FLIGHT)]).await;
+    let c = client(&stub.base, "trg_key");
+    let p = api_error(
+        c.send_with(&NewEvent::new("t", json!({})), &opts)
+            .await
+            .expect_err("a key used for another request"),
+    );
+    assert_eq!(
+        (p.status, &p.code, p.attempts),
+        (409, &ErrorCode::Conflict, 1)
+    );
 }
 
 #[tokio::test]

@@ -878,9 +878,44 @@ mod dynamodb {
         let big_id = app.create_event(&key, &big).await;
         app.create_event(&key, &json!({"event_type": "other", "payload": {}}))
             .await;
+        // Batch ingest (new, duplicate and refused events) and idempotency
+        // keys: claims (PutItem), kept responses (UpdateItem), a replay, a
+        // conflict. (Releasing a claim after a 5xx is a DeleteItem on the
+        // same table: the grant the ack's deletes need already.)
+        let batch = json!({"events": [
+            {"event_type": "batched", "payload": {"n": 1}},
+            {"event_type": "batched", "payload": {"n": 1}},
+            body.clone(),
+            {"event_type": ""},
+        ]});
+        let idem = |b: &Value, k: &str| {
+            app.post_json("/events/batch", &key, b)
+                .header("idempotency-key", k)
+                .send()
+        };
+        let first = idem(&batch, "deploy-1").await.expect("batch");
+        assert_eq!(first.status(), 200);
+        let replay = idem(&batch, "deploy-1").await.expect("batch again");
+        assert_eq!(replay.headers()["idempotent-replayed"], "true");
+        let other = json!({"events": [{"event_type": "batched", "payload": {"n": 2}}]});
+        assert_eq!(
+            idem(&other, "deploy-1").await.expect("conflict").status(),
+            409
+        );
+        let single = app
+            .post_json(
+                "/events",
+                &key,
+                &json!({"event_type": "keyed", "payload": {}}),
+            )
+            .header("idempotency-key", "deploy-2")
+            .send()
+            .await
+            .expect("keyed");
+        assert_eq!(single.status(), 201);
         app.event(&viewer, &id).await;
         app.event(&key, &big_id).await;
-        assert_eq!(app.walk_inbox(&viewer, 1, None).await.len(), 3);
+        assert_eq!(app.walk_inbox(&viewer, 1, None).await.len(), 5);
         assert_eq!(
             app.walk_inbox(&key, 1, Some("big")).await,
             vec![big_id.clone()]
@@ -997,7 +1032,7 @@ mod dynamodb {
         // The purge (a no-op on DynamoDB: TTL deletes) and the rest.
         app.state
             .store
-            .purge(chrono::Utc::now(), chrono::Utc::now())
+            .purge(chrono::Utc::now(), chrono::Utc::now(), chrono::Utc::now())
             .await
             .expect("purge");
         let requests = proxy.take();
@@ -1006,7 +1041,15 @@ mod dynamodb {
         // The proxy saw every request the store sent (its own counter).
         let all: Vec<Recorded> = served.iter().chain(&keys_admin).cloned().collect();
         assert_eq!(operation_counts(&all), store.request_counts());
-        for op in ["TransactWriteItems", "GetItem", "Query"] {
+        // PutItem and UpdateItem on their own: idempotency records.
+        for op in [
+            "TransactWriteItems",
+            "GetItem",
+            "Query",
+            "BatchGetItem",
+            "PutItem",
+            "UpdateItem",
+        ] {
             assert!(
                 operation_counts(&requests).contains_key(op),
                 "{op} was not exercised"

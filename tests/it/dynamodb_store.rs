@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeDelta, Utc};
 use triggers_api::domain::{
-    trunc_ms, AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId,
-    KeyStatus, LeaseId, Role, Source,
+    trunc_ms, AccountId, ApiKeyRecord, Email, Event, EventId, EventType, IdempotencyKey,
+    JsonObject, KeyId, KeyStatus, LeaseId, Role, Source,
 };
 use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
 use triggers_api::store::{
-    AckOutcome, Dedup, Fingerprint, InboxQuery, InboxState, Inserted, KeyChange, LeaseRequest,
-    NewEvent, Position, RequeueOutcome, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Fingerprint, Finish, IdempotencyClaim, InboxQuery, InboxState,
+    Insert, Inserted, KeptResponse, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome,
+    Store, StoreError,
 };
 
 const WINDOW: Duration = Duration::from_secs(300);
@@ -1324,6 +1325,106 @@ async fn request_counts_per_operation() {
     assert!(r.expect("inbox").events.is_empty());
     check("GET /inbox?state=quarantined", c, &[("Query", 1)]);
 
+    // Batch ingest: 100 new events; the same 100 again (all duplicates);
+    // 50 new among 50 duplicates (every transaction cancelled once, then
+    // sent again without its duplicates).
+    let ba = account("acct-batch");
+    let batch: Vec<Insert> = (0..100)
+        .map(|i| batch_insert(&ba, &format!("b{i}")))
+        .collect();
+    let (r, c) = count(&store, store.insert_events(batch.clone())).await;
+    assert_eq!(r.expect("batch"), vec![Inserted::Created; 100]);
+    check(
+        "POST /events/batch (100 new)",
+        c,
+        &[("TransactWriteItems", 4)],
+    );
+    let again: Vec<Insert> = batch.iter().map(renewed).collect();
+    let (r, c) = count(&store, store.insert_events(again)).await;
+    let r = r.expect("batch");
+    assert!(r.iter().all(|o| matches!(o, Inserted::Duplicate { .. })));
+    check(
+        "POST /events/batch (100 duplicates)",
+        c,
+        &[("TransactWriteItems", 4)],
+    );
+    let mixed: Vec<Insert> = (0..100)
+        .map(|i| {
+            if i % 2 == 0 {
+                renewed(&batch[i])
+            } else {
+                batch_insert(&ba, &format!("m{i}"))
+            }
+        })
+        .collect();
+    let (r, c) = count(&store, store.insert_events(mixed)).await;
+    let r = r.expect("batch");
+    assert_eq!(
+        r.iter().filter(|o| **o == Inserted::Created).count(),
+        50,
+        "{r:?}"
+    );
+    check(
+        "POST /events/batch (50 new, 50 duplicates)",
+        c,
+        &[("TransactWriteItems", 8)],
+    );
+    // Idempotency keys.
+    let claim = IdempotencyClaim {
+        account: ba.clone(),
+        key: IdempotencyKey::parse(b"count").expect("key"),
+        request: [1; 32],
+        token: uuid::Uuid::new_v4(),
+        now: now(),
+        lapses_at: now() + TimeDelta::seconds(30),
+    };
+    let (r, c) = count(&store, store.claim_idempotency_key(&claim)).await;
+    assert_eq!(r.expect("claim"), ClaimOutcome::Claimed);
+    check("Idempotency-Key: claim", c, &[("PutItem", 1)]);
+    let (r, c) = count(&store, store.claim_idempotency_key(&claim)).await;
+    assert_eq!(
+        r.expect("claim"),
+        ClaimOutcome::InFlight { same_request: true }
+    );
+    check("Idempotency-Key: claim (in flight)", c, &[("PutItem", 1)]);
+    let keep = Finish::Keep {
+        response: KeptResponse {
+            status: 201,
+            body: b"{}".to_vec(),
+        },
+        expires_at: now() + TimeDelta::hours(24),
+    };
+    let (r, c) = count(
+        &store,
+        store.finish_idempotency_key(&ba, &claim.key, claim.token, keep),
+    )
+    .await;
+    assert!(r.expect("keep"));
+    check(
+        "Idempotency-Key: keep the response",
+        c,
+        &[("UpdateItem", 1)],
+    );
+    let (r, c) = count(&store, store.claim_idempotency_key(&claim)).await;
+    assert!(matches!(r.expect("claim"), ClaimOutcome::Kept { .. }));
+    check(
+        "Idempotency-Key: claim (kept: replay)",
+        c,
+        &[("PutItem", 1)],
+    );
+    let other = IdempotencyClaim {
+        key: IdempotencyKey::parse(b"count-2").expect("key"),
+        ..claim.clone()
+    };
+    store.claim_idempotency_key(&other).await.expect("claim");
+    let (r, c) = count(
+        &store,
+        store.finish_idempotency_key(&ba, &other.key, other.token, Finish::Release),
+    )
+    .await;
+    assert!(r.expect("release"));
+    check("Idempotency-Key: release", c, &[("DeleteItem", 1)]);
+
     let k = key_record("cccccccccccccccc", "acct-count", "c@example.com", now());
     let (r, c) = count(&store, store.create_key(&k)).await;
     r.expect("create key");
@@ -1363,6 +1464,226 @@ async fn request_counts_per_operation() {
         report.push_str(&format!("  {what:<42} {}\n", parts.join(" + ")));
     }
     eprintln!("{report}");
+}
+
+/// A unique new event of `acct` for a batch.
+fn batch_insert(acct: &AccountId, tag: &str) -> Insert {
+    Insert {
+        event: new_event(acct, "batch", &format!(r#"{{"tag":"{tag}"}}"#)),
+        dedup: Dedup {
+            fingerprint: fp(&format!("{acct}/{tag}")),
+            window: WINDOW,
+        },
+    }
+}
+
+/// The same event sent again (a new id, the same fingerprint).
+fn renewed(i: &Insert) -> Insert {
+    let mut e = i.event.clone();
+    e.event_id = EventId::new_v7();
+    e.timestamp = now();
+    Insert {
+        event: e,
+        dedup: i.dedup,
+    }
+}
+
+/// A batch's events come back in order; a repeat within the batch is a
+/// duplicate of its first (one dedup record is never in two writes of one
+/// transaction); events with metadata parts take more items per
+/// transaction; and a repeat whose first is older than its window is
+/// judged by the store, after it.
+#[tokio::test]
+async fn a_batch_is_deduplicated_within_itself_and_against_the_store() {
+    let store = fresh().await;
+    let acct = account("acct-b");
+    let a = batch_insert(&acct, "a");
+    let b = batch_insert(&acct, "b");
+    let earlier = batch_insert(&acct, "earlier");
+    assert_eq!(
+        store
+            .insert_event(earlier.event.clone(), earlier.dedup)
+            .await
+            .expect("insert"),
+        Inserted::Created
+    );
+    let mut big = batch_insert(&acct, "big");
+    big.event.metadata = obj(&format!(r#"{{"m":"{}"}}"#, "m".repeat(400 * 1024)));
+    let events = vec![
+        a.clone(),
+        renewed(&a),
+        renewed(&earlier),
+        b.clone(),
+        big.clone(),
+        renewed(&b),
+    ];
+    let out = store.insert_events(events).await.expect("batch");
+    let dup = |i: &Insert| Inserted::Duplicate {
+        event_id: i.event.event_id,
+        timestamp: i.event.timestamp,
+    };
+    assert_eq!(
+        out,
+        [
+            Inserted::Created,
+            dup(&a),
+            dup(&earlier),
+            Inserted::Created,
+            Inserted::Created,
+            dup(&b),
+        ]
+    );
+    let got = get(&store, &big.event).await.expect("big event");
+    assert_eq!(got.metadata.as_str(), big.event.metadata.as_str());
+
+    // Timestamps further apart than the window: the later repeat is a new
+    // event, and the one after it a duplicate of that one.
+    let c = batch_insert(&acct, "c");
+    let mut c_late = renewed(&c);
+    c_late.event.timestamp = c.event.timestamp + TimeDelta::seconds(301);
+    let mut c_later = renewed(&c);
+    c_later.event.timestamp = c_late.event.timestamp + TimeDelta::seconds(1);
+    let out = store
+        .insert_events(vec![c.clone(), c_late.clone(), c_later])
+        .await
+        .expect("batch");
+    assert_eq!(out, [Inserted::Created, Inserted::Created, dup(&c_late)]);
+}
+
+/// Concurrent identical batches create each event once; every batch
+/// names the same event for each item.
+#[tokio::test]
+async fn concurrent_identical_batches_create_each_event_exactly_once() {
+    let store = Arc::new(fresh().await);
+    let acct = account("acct-cb");
+    let batch: Vec<Insert> = (0..60)
+        .map(|i| batch_insert(&acct, &format!("{i}")))
+        .collect();
+    let runs = (0..5).map(|_| {
+        let (store, events) = (store.clone(), batch.iter().map(renewed).collect::<Vec<_>>());
+        tokio::spawn(async move {
+            let ids: Vec<EventId> = events.iter().map(|i| i.event.event_id).collect();
+            let out = store.insert_events(events).await.expect("batch");
+            out.into_iter()
+                .zip(ids)
+                .map(|(o, id)| match o {
+                    Inserted::Created => (id, true),
+                    Inserted::Duplicate { event_id, .. } => (event_id, false),
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    let results: Vec<Vec<(EventId, bool)>> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let created: usize = results
+        .iter()
+        .map(|r| r.iter().filter(|(_, c)| *c).count())
+        .sum();
+    assert_eq!(created, 60);
+    for r in &results[1..] {
+        let ids: Vec<EventId> = r.iter().map(|(id, _)| *id).collect();
+        let first: Vec<EventId> = results[0].iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, first);
+    }
+}
+
+/// Idempotency records: a claim meets the live record (in flight or kept,
+/// same request or not), an expired one is taken over, and only the
+/// claim's own token finishes it.
+#[tokio::test]
+async fn idempotency_claims_meet_live_records_and_take_over_expired_ones() {
+    let store = fresh().await;
+    let t0 = now();
+    let claim = IdempotencyClaim {
+        account: account("acct-i"),
+        key: IdempotencyKey::parse(b"k").expect("key"),
+        request: [1; 32],
+        token: uuid::Uuid::new_v4(),
+        now: t0,
+        lapses_at: t0 + TimeDelta::seconds(30),
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&claim).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    let other = IdempotencyClaim {
+        request: [2; 32],
+        token: uuid::Uuid::new_v4(),
+        ..claim.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&other).await.expect("claim"),
+        ClaimOutcome::InFlight {
+            same_request: false
+        }
+    );
+    // Another account's equal key is another record.
+    let foreign = IdempotencyClaim {
+        account: account("acct-j"),
+        ..other.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&foreign).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    // Lapsed: taken over; the first token can no longer finish it.
+    let later = IdempotencyClaim {
+        now: t0 + TimeDelta::seconds(30),
+        lapses_at: t0 + TimeDelta::seconds(60),
+        ..other.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&later).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    let keep = |status| Finish::Keep {
+        response: KeptResponse {
+            status,
+            body: format!("{{\"s\":{status}}}").into_bytes(),
+        },
+        expires_at: t0 + TimeDelta::hours(24),
+    };
+    assert!(!store
+        .finish_idempotency_key(&claim.account, &claim.key, claim.token, keep(201))
+        .await
+        .expect("finish"));
+    assert!(store
+        .finish_idempotency_key(&later.account, &later.key, later.token, keep(200))
+        .await
+        .expect("finish"));
+    // Finished: neither kept again nor released.
+    assert!(!store
+        .finish_idempotency_key(&later.account, &later.key, later.token, Finish::Release)
+        .await
+        .expect("finish"));
+    let replay = IdempotencyClaim {
+        now: t0 + TimeDelta::hours(1),
+        token: uuid::Uuid::new_v4(),
+        ..later.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&replay).await.expect("claim"),
+        ClaimOutcome::Kept {
+            same_request: true,
+            response: KeptResponse {
+                status: 200,
+                body: b"{\"s\":200}".to_vec()
+            }
+        }
+    );
+    // Expired (by its stored expiry, whatever TTL has done): free again.
+    let next_day = IdempotencyClaim {
+        now: t0 + TimeDelta::hours(24),
+        lapses_at: t0 + TimeDelta::hours(24) + TimeDelta::seconds(30),
+        ..replay.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&next_day).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
 }
 
 /// Sanity of the test helpers themselves (no DynamoDB needed).

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use triggers_api::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, LeaseId, Role};
+use triggers_api::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, IdempotencyKey, KeyId, LeaseId, Role,
+};
 use triggers_api::store::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, LeaseRequest, NewEvent,
-    RequeueOutcome, Settled, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, Insert,
+    Inserted, KeyChange, LeaseRequest, NewEvent, RequeueOutcome, Settled, Store, StoreError,
 };
 
 use crate::support::{
@@ -154,9 +156,37 @@ impl Store for Switchable {
         self.gate_write().await?;
         self.inner.requeue(a, id, cutoff).await
     }
-    async fn purge(&self, d: DateTime<Utc>, f: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
         self.gate_write().await?;
-        self.inner.purge(d, f).await
+        self.inner.insert_events(events).await
+    }
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.gate_write().await?;
+        self.inner.claim_idempotency_key(claim).await
+    }
+    async fn finish_idempotency_key(
+        &self,
+        a: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        self.gate_write().await?;
+        self.inner
+            .finish_idempotency_key(a, key, token, finish)
+            .await
+    }
+    async fn purge(
+        &self,
+        d: DateTime<Utc>,
+        f: DateTime<Utc>,
+        i: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.gate_write().await?;
+        self.inner.purge(d, f, i).await
     }
 }
 

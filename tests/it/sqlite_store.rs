@@ -196,7 +196,7 @@ async fn a_version_1_file_is_upgraded_in_place_and_its_events_can_be_leased() {
     }
 
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     let q = InboxQuery {
         after: None,
         event_type: None,
@@ -246,8 +246,21 @@ async fn a_version_1_file_is_upgraded_in_place_and_its_events_can_be_leased() {
 
     // Opening it again changes nothing; the data is all there.
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     assert!(store.inbox(&acct, &q).await.unwrap().events.is_empty());
+    // Version 3's idempotency records work on the upgraded file.
+    let claim = triggers_api::store::IdempotencyClaim {
+        account: acct.clone(),
+        key: triggers_api::domain::IdempotencyKey::parse(b"k").unwrap(),
+        request: [7; 32],
+        token: uuid::Uuid::new_v4(),
+        now,
+        lapses_at: now + TimeDelta::seconds(30),
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&claim).await.unwrap(),
+        triggers_api::store::ClaimOutcome::Claimed
+    );
     assert!(
         store
             .get_event(&acct, &ids[0], cutoff)
@@ -261,11 +274,11 @@ async fn a_version_1_file_is_upgraded_in_place_and_its_events_can_be_leased() {
     // A file from a newer version is refused, not rewritten.
     rusqlite::Connection::open(&path)
         .unwrap()
-        .pragma_update(None, "user_version", 3)
+        .pragma_update(None, "user_version", 4)
         .unwrap();
     assert!(matches!(
         SqliteStore::open(&path),
         Err(StoreError::Corrupt { .. })
     ));
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
 }

@@ -15,6 +15,7 @@ use triggers_api::domain::Role;
 use triggers_api::store::sqlite::SqliteStore;
 use triggers_api::store::Store;
 use triggers_api::{AppState, Application};
+use triggers_conformance::Endpoint;
 
 /// bcrypt cost for test keys: the minimum, so tests stay fast.
 pub const TEST_BCRYPT_COST: u32 = 4;
@@ -199,6 +200,16 @@ pub fn test_settings() -> Settings {
     }
 }
 
+/// The black-box helpers (lease, settle, walk, …) work on it too.
+impl Endpoint for TestApp {
+    fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+    fn base(&self) -> &str {
+        &self.base
+    }
+}
+
 impl TestApp {
     pub async fn start(backend: Backend) -> Self {
         Self::start_with(backend, test_settings()).await
@@ -322,128 +333,33 @@ impl TestApp {
 
     /// GET /events/{id} as JSON (asserting 200).
     pub async fn event(&self, key: &str, id: &str) -> Value {
-        let resp = self
-            .get(&format!("/events/{id}"), key)
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 200, "GET /events/{id}");
-        parse_deep(&resp.text().await.expect("body"))
+        Endpoint::event(self, key, id).await
     }
 
     /// DELETE /events/{id}; returns the status code.
     pub async fn ack(&self, key: &str, id: &str) -> u16 {
-        self.delete(&format!("/events/{id}"), key)
-            .send()
-            .await
-            .expect("send")
-            .status()
-            .as_u16()
+        Endpoint::ack(self, key, id).await
     }
 
     /// POST /events; returns the status code.
     pub async fn post_event_status(&self, key: &str, body: &Value) -> u16 {
-        self.post_json("/events", key, body)
-            .send()
-            .await
-            .expect("send")
-            .status()
-            .as_u16()
+        Endpoint::post_event_status(self, key, body).await
     }
 
     /// POSTs an event and returns its id (asserting 201).
     pub async fn create_event(&self, key: &str, body: &Value) -> String {
-        let resp = self
-            .post_json("/events", key, body)
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 201, "POST /events {body}");
-        let v: Value = resp.json().await.expect("json");
-        v["event_id"].as_str().expect("event_id").to_owned()
+        Endpoint::create_event(self, key, body).await
     }
 
     /// Walks every inbox page; returns the event ids in order.
     pub async fn walk_inbox(&self, key: &str, limit: u32, event_type: Option<&str>) -> Vec<String> {
-        let mut ids = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut q = vec![("limit".to_owned(), limit.to_string())];
-            if let Some(c) = &cursor {
-                q.push(("cursor".into(), c.clone()));
-            }
-            if let Some(t) = event_type {
-                q.push(("event_type".into(), t.to_owned()));
-            }
-            let resp = self
-                .client
-                .get(self.url("/inbox"))
-                .bearer_auth(key)
-                .query(&q)
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(resp.status(), 200);
-            let page: Value = resp.json().await.expect("json");
-            for e in page["events"].as_array().expect("events") {
-                ids.push(e["event_id"].as_str().expect("id").to_owned());
-            }
-            let has_more = page["pagination"]["has_more"].as_bool().expect("has_more");
-            if !has_more {
-                assert!(page["pagination"]["next_cursor"].is_null());
-                return ids;
-            }
-            cursor = Some(
-                page["pagination"]["next_cursor"]
-                    .as_str()
-                    .expect("next_cursor when has_more")
-                    .to_owned(),
-            );
-        }
+        Endpoint::walk_inbox(self, key, limit, event_type).await
     }
 }
 
-/// Reads a problem+json response, checking the transport-level shape.
-pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status().as_u16(), status, "status");
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert_eq!(ct, "application/problem+json", "content type");
-    let rid = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let v: Value = resp.json().await.expect("problem body is JSON");
-    assert_eq!(v["status"], status, "{v}");
-    assert_eq!(v["code"], code, "{v}");
-    for field in ["type", "title", "detail", "correlation_id"] {
-        assert!(v[field].is_string(), "problem lacks {field}: {v}");
-    }
-    assert_eq!(
-        v["correlation_id"],
-        rid.as_str(),
-        "correlation_id is the X-Request-ID"
-    );
-    v
-}
-
-/// The `field`s listed in a validation problem.
-pub fn error_fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e["field"].as_str().unwrap_or("").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+/// The suite's own checks (problem bodies, validation fields, deep JSON),
+/// shared with the black-box cases of the `triggers-conformance` crate.
+pub use triggers_conformance::{error_fields, parse_deep, problem};
 
 /// Snapshots a problem body under the top-level `snapshots/` folder, with
 /// the correlation id redacted.
@@ -460,13 +376,4 @@ pub fn assert_problem_snapshot(name: &str, mut problem: Value) {
     settings.bind(|| {
         insta::assert_snapshot!(name, text);
     });
-}
-
-/// Parses JSON of any depth (serde_json's default stops at 128 levels, and
-/// a response wraps the payload in more levels).
-pub fn parse_deep(text: &str) -> Value {
-    use serde::Deserialize;
-    let mut de = serde_json::Deserializer::from_str(text);
-    de.disable_recursion_limit();
-    Value::deserialize(&mut de).expect("valid JSON")
 }

@@ -2,18 +2,19 @@
 //! /inbox/{id}).
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::from_fn_with_state;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::{format_ts, Event};
+use crate::domain::{format_ts, Event, EventId};
 use crate::http::auth::{require_key, Creator, Viewer};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{decode_cursor, EventIdParam, InboxParams, JsonBody};
+use crate::http::idempotency::{respond_idempotently, IdempotencyKeyHeader, Rendered};
 use crate::service::CreateEvent;
 use crate::state::AppState;
 use crate::store::{AckOutcome, InboxQuery};
@@ -25,6 +26,10 @@ pub fn router(state: AppState) -> Router<AppState> {
     let auth = || from_fn_with_state(state.clone(), require_key);
     Router::new()
         .route("/events", post(create_event).route_layer(auth()))
+        .route(
+            "/events/batch",
+            post(super::batch::create_batch).route_layer(auth()),
+        )
         .route("/inbox", get(list_inbox).route_layer(auth()))
         // The path clients of the original service call.
         .route("/events/inbox", get(list_inbox).route_layer(auth()))
@@ -93,14 +98,19 @@ pub struct InboxResponse {
 /// Ingest an event (deduplicated).
 #[utoipa::path(post, path = "/events", tag = "events",
     request_body(content = CreateEventRequest, content_type = "application/json"),
+    params(IdempotencyKeyParam),
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 201, description = "Created", body = EventAccepted,
-         headers(("Location" = String, description = "/events/{event_id}"))),
-        (status = 200, description = "Duplicate of an event sent within the window", body = EventAccepted),
+         headers(("Location" = String, description = "/events/{event_id}"),
+                 ("Idempotent-Replayed" = String, description = "\"true\" when this is the response kept for the Idempotency-Key, sent again"))),
+        (status = 200, description = "Duplicate of an event sent within the window", body = EventAccepted,
+         headers(("Location" = String, description = "/events/{event_id} of the original"),
+                 ("Idempotent-Replayed" = String, description = "\"true\" when this is the response kept for the Idempotency-Key, sent again"))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key was used for a different request, or the same request is still being processed (then with Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json"),
@@ -109,24 +119,80 @@ pub struct InboxResponse {
 pub async fn create_event(
     State(state): State<AppState>,
     Creator(caller): Creator,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req = CreateEvent::parse_json(&body, state.settings.max_payload_bytes)?;
-    let out = state.ingest(&caller.account, req).await?;
-    let status = if out.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+    let work = async {
+        let out = state.ingest(&caller.account, req).await?;
+        let status = if out.duplicate {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        let accepted = EventAccepted {
+            event_id: out.event_id.to_string(),
+            status: "accepted",
+            timestamp: format_ts(&out.timestamp),
+            duplicate: out.duplicate,
+        };
+        Rendered::json(
+            status,
+            location(&out.event_id).into_iter().collect(),
+            &accepted,
+        )
     };
-    let location = HeaderValue::try_from(format!("/events/{}", out.event_id))
-        .map_err(|_| ApiError::internal())?;
-    let body = EventAccepted {
-        event_id: out.event_id.to_string(),
-        status: "accepted",
-        timestamp: format_ts(&out.timestamp),
-        duplicate: out.duplicate,
-    };
-    Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
+    respond_idempotently(
+        &state,
+        &caller.account,
+        key,
+        "POST /events",
+        &body,
+        location_of_accepted,
+        work,
+    )
+    .await
+}
+
+/// `Location: /events/{id}`.
+fn location(id: &EventId) -> Option<(HeaderName, HeaderValue)> {
+    HeaderValue::try_from(format!("/events/{id}"))
+        .ok()
+        .map(|v| (header::LOCATION, v))
+}
+
+/// The `Location` of a kept [`EventAccepted`] body (for its replay).
+fn location_of_accepted(body: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+    #[derive(serde::Deserialize)]
+    struct Accepted {
+        event_id: String,
+    }
+    serde_json::from_slice::<Accepted>(body)
+        .ok()
+        .and_then(|a| EventId::parse(&a.event_id))
+        .and_then(|id| location(&id))
+        .into_iter()
+        .collect()
+}
+
+/// The optional `Idempotency-Key` header of the ingest routes (OpenAPI).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKeyParam {
+    /// Makes retries of this request safe for 24 h: the first answer (a
+    /// 2xx) is kept per account and key, and a retry with the same key and
+    /// a byte-identical body gets it again, with Idempotent-Replayed: true.
+    /// The same key with another body is 409, and so is the same request
+    /// while the first is still being processed (with Retry-After). 1–255
+    /// printable ASCII characters, not beginning or ending with a space.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]([ -~]{0,253}[!-~])?$"
+    )]
+    idempotency_key: Option<String>,
 }
 
 /// The caller's undelivered events (not quarantined, leased or not), oldest
@@ -137,7 +203,7 @@ pub async fn create_event(
         ("cursor" = Option<String>, Query, description = "next_cursor from the previous page"),
         ("event_type" = Option<String>, Query, min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
          description = "Only events of this type (1–255 characters, no control characters)"),
-        ("state" = Option<String>, Query, description = "inbox (default): undelivered events that are not quarantined, leased or not; quarantined: the quarantined ones (same paging)"),
+        ("state" = Option<InboxStateParam>, Query, description = "inbox (default): undelivered events that are not quarantined, leased or not; quarantined: the quarantined ones (same paging)"),
     ),
     security(("bearer" = []), ("api_key" = [])),
     responses(
@@ -171,6 +237,15 @@ pub async fn list_inbox(
             has_more: page.has_more,
         },
     }))
+}
+
+/// GET /inbox's `state` (OpenAPI).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum InboxStateParam {
+    Inbox,
+    Quarantined,
 }
 
 /// One event, delivered or not (delivered ones until retention ends).

@@ -26,9 +26,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/events/{id}/requeue", post(requeue).route_layer(auth()))
 }
 
-/// The body of POST /inbox/lease (documentation of the accepted shape).
+/// The body of POST /inbox/lease (documentation of the accepted shape;
+/// unknown members are refused).
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// Most events to lease (default 10).
     #[schema(minimum = 1, maximum = 100)]
@@ -41,8 +44,12 @@ pub struct LeaseRequest {
     /// leased, and never later than wait_seconds + 1 s.
     #[schema(minimum = 0, maximum = 20)]
     wait_seconds: Option<u32>,
-    /// Only events of this type (1–255 characters).
-    #[schema(min_length = 1, max_length = 255)]
+    /// Only events of this type (1–255 characters, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     event_type: Option<String>,
 }
 
@@ -60,17 +67,38 @@ pub struct LeaseResponse {
     pub events: Vec<Event>,
 }
 
-/// The body of POST /inbox/ack and /inbox/release.
+/// The body of POST /inbox/ack and /inbox/release (unknown members are
+/// refused).
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SettleRequest {
     /// From POST /inbox/lease.
     #[schema(format = Uuid)]
     lease_id: String,
     /// Some of the lease's events (default: all of them).
-    #[schema(min_items = 1, max_items = 100, value_type = Option<Vec<String>>)]
+    #[schema(min_items = 1, max_items = 100, value_type = Option<Vec<EventIdString>>)]
     event_ids: Option<Vec<String>>,
 }
+
+/// An event id in a request body (OpenAPI): the hyphenated form of a
+/// UUIDv7; any other string there is refused with 400.
+pub struct EventIdString;
+
+impl utoipa::PartialSchema for EventIdString {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(
+                "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            ))
+            .description(Some("An event id (the hyphenated form of a UUIDv7)."))
+            .into()
+    }
+}
+
+impl ToSchema for EventIdString {}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AckResponse {
@@ -135,6 +163,8 @@ fn settled_or_404(s: Option<Settled>) -> Result<Settled, ApiError> {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such lease for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn ack(
@@ -165,6 +195,8 @@ pub async fn ack(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such lease for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn release(

@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::{
-    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus,
-    LeaseId, Role, Source,
+    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, IdempotencyKey, JsonObject, KeyId,
+    KeyStatus, LeaseId, Role, Source,
 };
-use crate::store::{Fingerprint, NewEvent, StoreError};
+use crate::store::{Fingerprint, IdempotencyClaim, KeptResponse, NewEvent, StoreError};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -325,6 +325,72 @@ pub(crate) fn dedup_pk(account: &AccountId, fp: &Fingerprint) -> String {
     format!("DD#{account}#{}", fp.to_hex())
 }
 pub(crate) const DEDUP_SK: &str = "D";
+
+/// `IK#{account}#{key}`: the record of one idempotency key (an account
+/// has no `#`, so the key, which may, cannot make two records meet).
+pub(crate) fn idempotency_pk(account: &AccountId, key: &IdempotencyKey) -> String {
+    format!("IK#{account}#{}", key.as_str())
+}
+pub(crate) const IDEMPOTENCY_SK: &str = "K";
+
+// Idempotency record attributes.
+/// The request digest (B, 32 bytes).
+pub(crate) const I_REQUEST: &str = "rq";
+/// The claim's token (S, a UUID).
+pub(crate) const I_TOKEN: &str = "tok";
+/// Expiry, epoch ms: the claim's lapse while in flight, the kept
+/// response's end once finished. Reads judge by it; `ttl` only cleans up.
+pub(crate) const I_EXPIRES: &str = "exp";
+/// The kept status (N); absent while in flight.
+pub(crate) const I_STATUS: &str = "st";
+/// The kept body (B).
+pub(crate) const I_BODY: &str = "body";
+
+/// A claim's record: in flight until it lapses.
+pub(crate) fn idempotency_claim_item(claim: &IdempotencyClaim) -> Item {
+    let mut it = key(idempotency_pk(&claim.account, &claim.key), IDEMPOTENCY_SK);
+    it.insert(
+        I_REQUEST.to_owned(),
+        AttributeValue::B(Blob::new(claim.request.to_vec())),
+    );
+    it.insert(I_TOKEN.to_owned(), s(claim.token.to_string()));
+    it.insert(I_EXPIRES.to_owned(), ms(&claim.lapses_at));
+    it.insert(TTL.to_owned(), ttl_secs(&claim.lapses_at));
+    it
+}
+
+/// A stored idempotency record, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyRecord {
+    pub request: [u8; 32],
+    pub expires_ms: i64,
+    /// `None` while in flight.
+    pub response: Option<KeptResponse>,
+}
+
+pub(crate) fn idempotency_record(item: &Item) -> Result<IdempotencyRecord, StoreError> {
+    let request = match item.get(I_REQUEST) {
+        Some(AttributeValue::B(b)) => {
+            <[u8; 32]>::try_from(b.as_ref()).map_err(|_| corrupt("idempotency.request"))?
+        }
+        _ => return Err(corrupt("idempotency.request")),
+    };
+    let response = match get_opt_n(item, I_STATUS, "idempotency.status")? {
+        None => None,
+        Some(status) => Some(KeptResponse {
+            status: u16::try_from(status).map_err(|_| corrupt("idempotency.status"))?,
+            body: match item.get(I_BODY) {
+                Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
+                _ => return Err(corrupt("idempotency.body")),
+            },
+        }),
+    };
+    Ok(IdempotencyRecord {
+        request,
+        expires_ms: get_n(item, I_EXPIRES, "idempotency.expires")?,
+        response,
+    })
+}
 
 pub(crate) fn secret_pk(name: &str) -> String {
     format!("SECRET#{name}")
@@ -773,6 +839,39 @@ mod tests {
             assert!(lo <= later_sk && later_sk <= hi);
         }
         assert_eq!(type_range(&t, Some(Uuid::max())), None);
+    }
+
+    #[test]
+    fn idempotency_records_round_trip() {
+        let now = trunc_ms(Utc::now());
+        let claim = IdempotencyClaim {
+            account: AccountId::parse("acct").expect("valid"),
+            key: IdempotencyKey::parse(b"order#42 / retry").expect("valid"),
+            request: [9; 32],
+            token: Uuid::new_v4(),
+            now,
+            lapses_at: now + chrono::Duration::seconds(30),
+        };
+        let mut it = idempotency_claim_item(&claim);
+        assert_eq!(it.get(PK), Some(&s("IK#acct#order#42 / retry".to_owned())));
+        let rec = idempotency_record(&it).expect("maps back");
+        assert_eq!(rec.request, [9; 32]);
+        assert_eq!(rec.expires_ms, claim.lapses_at.timestamp_millis());
+        assert_eq!(rec.response, None);
+        it.insert(I_STATUS.to_owned(), n(201));
+        it.insert(
+            I_BODY.to_owned(),
+            AttributeValue::B(Blob::new(b"{}".to_vec())),
+        );
+        assert_eq!(
+            idempotency_record(&it).expect("maps back").response,
+            Some(KeptResponse {
+                status: 201,
+                body: b"{}".to_vec()
+            })
+        );
+        it.remove(I_BODY);
+        assert!(idempotency_record(&it).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
+    AttributeValue, CancellationReason, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Utc};
 
@@ -50,11 +50,26 @@ enum Marker {
 }
 
 /// Writes that succeed or fail together (one event's), with what they are
-/// for.
-struct Unit<T> {
-    writes: Vec<TransactWriteItem>,
-    bytes: usize,
-    tag: T,
+/// for. Shared with batch ingest (`super::batch`).
+pub(super) struct Unit<T> {
+    pub(super) writes: Vec<TransactWriteItem>,
+    pub(super) bytes: usize,
+    pub(super) tag: T,
+    /// Set on a unit dropped by [`DynamoStore::commit_units`]: the
+    /// cancellation reasons of its writes, in order (the failed condition's
+    /// `ALL_OLD` item among them).
+    pub(super) reasons: Vec<CancellationReason>,
+}
+
+impl<T> Unit<T> {
+    pub(super) fn new(writes: Vec<TransactWriteItem>, bytes: usize, tag: T) -> Self {
+        Self {
+            writes,
+            bytes,
+            tag,
+            reasons: Vec::new(),
+        }
+    }
 }
 
 /// One more item for a transaction, given its index and the units it
@@ -309,7 +324,7 @@ impl DynamoStore {
     /// sent again without it. `extra` adds one item to a transaction (given
     /// the units it holds at that attempt), e.g. a lease record chunk.
     /// Returns (committed, dropped).
-    async fn commit_units<T>(
+    pub(super) async fn commit_units<T>(
         &self,
         units: Vec<Unit<T>>,
         extra: Option<&ExtraItem<'_, T>>,
@@ -379,8 +394,14 @@ impl DynamoStore {
                 ))));
             }
             let mut keep = Vec::with_capacity(units.len());
-            for (i, u) in units.into_iter().enumerate() {
+            for (i, mut u) in units.into_iter().enumerate() {
                 if failed.contains(&i) {
+                    u.reasons = reasons
+                        .iter()
+                        .zip(&owner)
+                        .filter(|(_, o)| **o == i)
+                        .map(|(r, _)| r.clone())
+                        .collect();
                     dropped.push(u);
                 } else {
                     keep.push(u);
@@ -484,10 +505,10 @@ impl DynamoStore {
             )?);
         }
         writes.push(delete(&self.events, old_marker)?);
-        Ok(Unit {
+        Ok(Unit::new(
             writes,
             bytes,
-            tag: Some(Took {
+            Some(Took {
                 entry: LeaseEntry {
                     id,
                     type_hash,
@@ -496,7 +517,7 @@ impl DynamoStore {
                 },
                 event: after,
             }),
-        })
+        ))
     }
 
     pub(super) async fn lease_inner(
@@ -613,11 +634,7 @@ impl DynamoStore {
             Marker::Available => item::key(item::available_pk(account), id.to_string()),
             Marker::Ended(m) => item::key(item::leased_pk(account), item::leased_sk(m, id)),
         };
-        Ok(Unit {
-            writes: vec![delete(&self.events, key)?],
-            bytes: 200,
-            tag: None,
-        })
+        Ok(Unit::new(vec![delete(&self.events, key)?], 200, None))
     }
 
     /// A lease's end and entries; `None` when unknown or kept past the
@@ -667,11 +684,7 @@ impl DynamoStore {
         let mut units = Vec::new();
         for id in &order {
             if let Some(e) = by_id.get(id) {
-                units.push(Unit {
-                    writes: unit(until, e)?,
-                    bytes: 1024,
-                    tag: *id,
-                });
+                units.push(Unit::new(unit(until, e)?, 1024, *id));
             }
         }
         let (done, _) = self.commit_units(units, None).await?;
@@ -917,17 +930,17 @@ impl DynamoStore {
                     .build()
                     .map_err(StoreError::internal)?;
                 let type_hash = item::type_hash(&event_type_of(&it)?);
-                units.push(Unit {
-                    writes: vec![
+                units.push(Unit::new(
+                    vec![
                         TransactWriteItem::builder().condition_check(check).build(),
                         put(
                             &self.events,
                             item::available_marker(account, &type_hash, &id),
                         )?,
                     ],
-                    bytes: 200,
-                    tag: (),
-                });
+                    200,
+                    (),
+                ));
             }
             let (done, _) = self.commit_units(units, None).await?;
             written += done.len() as u64;
