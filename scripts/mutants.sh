@@ -9,6 +9,9 @@
 #   MUTANTS_ITERATE=1 scripts/mutants.sh budget
 #                                      only what the last run of budget did
 #                                      not catch (cargo mutants --iterate)
+#   MUTANTS_ARGS="--baseline=skip --timeout 40" scripts/mutants.sh verify
+#                                      more cargo-mutants options (here: no
+#                                      unmutated baseline run, fixed timeout)
 #
 # Every run builds in one target directory kept between runs
 # (target/mutants), so only the first run builds the dependencies; cargo
@@ -56,11 +59,12 @@ status=0
 start_all=$SECONDS
 for m in "${modules[@]}"; do
     filter "$m"
-    echo "== $m: cargo mutants -j $JOBS ${args[*]}"
+    echo "== $m: cargo mutants --no-shuffle -j $JOBS ${MUTANTS_ITERATE:+--iterate }${MUTANTS_ARGS:+$MUTANTS_ARGS }${args[*]}"
     start=$SECONDS
     iterate=()
     [ "${MUTANTS_ITERATE:-0}" = 1 ] && iterate=(--iterate)
-    cargo mutants --no-shuffle -j "$JOBS" "${iterate[@]}" "${args[@]}" --output "$OUT/$m"
+    # shellcheck disable=SC2086 # MUTANTS_ARGS is split into options
+    cargo mutants --no-shuffle -j "$JOBS" "${iterate[@]}" ${MUTANTS_ARGS:-} "${args[@]}" --output "$OUT/$m"
     rc=$?
     # 0: all caught; 2: some missed; 3: some timed out; anything else: broken.
     case $rc in 0) ;; 2 | 3) status=1 ;; *) echo "cargo mutants failed ($rc)" >&2; exit $rc ;; esac

@@ -626,10 +626,15 @@ mod tests {
         let net = ClientNet::of(std::net::Ipv4Addr::new(10, 0, 0, 1).into());
         let other = ClientNet::of(std::net::Ipv4Addr::new(10, 0, 0, 2).into());
         let (a, b) = tokio::join!(f.auth.authenticate(&f.token, other), async {
-            // Once the first attempt holds the key id's verifier.
-            while f.metrics.bcrypt_in_flight.get() == 0 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            // Once the first attempt holds the key id's verifier (bounded:
+            // if it never gets there, fail instead of hanging).
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while f.metrics.bcrypt_in_flight.get() == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await
+            .expect("the first attempt never reached the verifier");
             f.auth.authenticate(&wrong, net).await
         });
         assert!(a.is_ok(), "{a:?}");
