@@ -41,7 +41,7 @@ conformance: build ## the conformance suite against a deployment: make conforman
 	./target/release/triggers-api conformance --base-url "$(BASE_URL)" \
 	  $(if $(KEYS),--keys "$(KEYS)") $(if $(JUNIT),--junit "$(JUNIT)") $(CONFORMANCE_ARGS)
 
-# Not part of `make test`: a full run takes about an hour here (docs/mutants.md).
+# Not part of `make test`: a full run takes over three hours here (docs/mutants.md).
 mutants: ## mutation testing (cargo-mutants) of the security and data modules: caught/missed per module; MODULES="cursor budget" for some
 	nice -n 10 scripts/mutants.sh $(MODULES)
 

@@ -59,10 +59,10 @@ status=0
 start_all=$SECONDS
 for m in "${modules[@]}"; do
     filter "$m"
-    echo "== $m: cargo mutants --no-shuffle -j $JOBS ${MUTANTS_ITERATE:+--iterate }${MUTANTS_ARGS:+$MUTANTS_ARGS }${args[*]}"
-    start=$SECONDS
     iterate=()
     [ "${MUTANTS_ITERATE:-0}" = 1 ] && iterate=(--iterate)
+    echo "== $m: cargo mutants --no-shuffle -j $JOBS ${iterate[*]} ${MUTANTS_ARGS:-} ${args[*]}"
+    start=$SECONDS
     # shellcheck disable=SC2086 # MUTANTS_ARGS is split into options
     cargo mutants --no-shuffle -j "$JOBS" "${iterate[@]}" ${MUTANTS_ARGS:-} "${args[@]}" --output "$OUT/$m"
     rc=$?
