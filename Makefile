@@ -4,7 +4,7 @@ CARGO ?= cargo
 STORE ?= sqlite://./data/triggers.db
 BIND  ?= 127.0.0.1:8080
 
-.PHONY: help run build key tail test test-quick test-localstack lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean conformance
+.PHONY: help run build key tail test test-quick test-localstack mutants lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean conformance
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ conformance: build ## the conformance suite against a deployment: make conforman
 	@test -n "$(BASE_URL)" || { echo "give BASE_URL=the deployment's base URL (and KEYS=a keys file, or the keys in the environment)"; exit 2; }
 	./target/release/triggers-api conformance --base-url "$(BASE_URL)" \
 	  $(if $(KEYS),--keys "$(KEYS)") $(if $(JUNIT),--junit "$(JUNIT)") $(CONFORMANCE_ARGS)
+
+# Not part of `make test`: a full run takes over three hours here (docs/mutants.md).
+mutants: ## mutation testing (cargo-mutants) of the security and data modules: caught/missed per module; MODULES="cursor budget" for some
+	nice -n 10 scripts/mutants.sh $(MODULES)
 
 lint: fmt clippy ## formatting and lints
 

@@ -110,3 +110,75 @@ pub async fn revoke_by_email(store: &dyn Store, email: &str) -> Result<Vec<KeyId
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_key_needs_a_rate_limit_of_at_least_one() {
+        let (_dir, s) = store();
+        let e = create(&s, "acme", "a@acme.example", Role::Viewer, 0, 4).await;
+        assert!(matches!(
+            e,
+            Err(KeyError::Invalid {
+                field: "rate limit",
+                ..
+            })
+        ));
+        let k = create(&s, "acme", "a@acme.example", Role::Viewer, 1, 4)
+            .await
+            .unwrap();
+        assert_eq!(k.record.rate_limit_per_minute, 1);
+        assert_eq!(s.get_key(&k.record.key_id).await.unwrap(), Some(k.record));
+    }
+
+    #[tokio::test]
+    async fn revoking_by_email_names_every_key_it_revoked() {
+        let (_dir, s) = store();
+        let a = create(&s, "acme", "a@acme.example", Role::Creator, 10, 4)
+            .await
+            .unwrap();
+        let b = create(&s, "acme", "a@acme.example", Role::Viewer, 10, 4)
+            .await
+            .unwrap();
+        let mut ids = revoke_by_email(&s, "a@acme.example").await.unwrap();
+        ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        let mut want = vec![a.record.key_id, b.record.key_id];
+        want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(ids, want);
+        for id in &ids {
+            let k = s.get_key(id).await.unwrap().unwrap();
+            assert_eq!(k.status, KeyStatus::Revoked);
+        }
+        assert!(matches!(
+            revoke_by_email(&s, "nobody@acme.example").await,
+            Err(KeyError::UnknownEmail(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn updating_an_unknown_or_malformed_key_id_is_an_unknown_key() {
+        let (_dir, s) = store();
+        let k = create(&s, "acme", "a@acme.example", Role::Creator, 10, 4)
+            .await
+            .unwrap();
+        let r = update(&s, k.record.key_id.as_str(), KeyChange::RateLimit(7))
+            .await
+            .unwrap();
+        assert_eq!(r.rate_limit_per_minute, 7);
+        for id in ["zzzzzzzzzzzzzzzz", "not a key id"] {
+            assert!(matches!(
+                update(&s, id, KeyChange::RateLimit(7)).await,
+                Err(KeyError::UnknownKey(got)) if got == id
+            ));
+        }
+    }
+}

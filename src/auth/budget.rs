@@ -293,6 +293,117 @@ mod tests {
         assert!(b.tracked() <= 3);
     }
 
+    /// A realistic clock reading (epoch milliseconds, late 2023).
+    const T: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn windows_last_exactly_a_minute_on_a_real_clock() {
+        let b = BcryptBudget::new(1, 100, 1000);
+        let k = key("ffffffffffffffff");
+        assert!(b.try_reserve(&k, net(1), T).is_ok());
+        assert_eq!(
+            b.try_reserve(&k, net(1), T + 59_999).unwrap_err(),
+            OverBudget {
+                retry_after_secs: 1
+            }
+        );
+        assert!(b.try_reserve(&k, net(1), T + 60_000).is_ok());
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_starts_a_new_window() {
+        let b = BcryptBudget::new(1, 100, 1000);
+        let k = key("gggggggggggggggg");
+        assert!(b.try_reserve(&k, net(1), T).is_ok());
+        assert!(b.try_reserve(&k, net(1), T).is_err());
+        // A window that starts in the future is not the current one.
+        assert!(b.try_reserve(&k, net(1), T - 1).is_ok());
+    }
+
+    #[test]
+    fn a_full_map_refuses_new_sources_but_not_the_ones_it_tracks() {
+        // 6 windows at most: the key id's and 4 sources' leave room for no
+        // new pair (a new source may need 2).
+        let b = BcryptBudget::new(10, 100, 6);
+        let k = key("hhhhhhhhhhhhhhhh");
+        for i in 1..=4 {
+            assert!(b.try_reserve(&k, net(i), T).is_ok(), "net {i}");
+        }
+        assert_eq!(b.tracked(), 5);
+        assert_eq!(
+            b.try_reserve(&k, net(5), T).unwrap_err(),
+            OverBudget {
+                retry_after_secs: 60
+            }
+        );
+        assert!(b.try_reserve(&k, net(1), T).is_ok(), "a tracked source");
+        assert_eq!(b.tracked(), 5);
+    }
+
+    #[test]
+    fn a_sweep_that_frees_just_enough_room_admits_the_new_source() {
+        let b = BcryptBudget::new(10, 100, 6);
+        let (a, bb, c, d) = (
+            key("aaaaaaaaaaaaaaaa"),
+            key("bbbbbbbbbbbbbbbb"),
+            key("cccccccccccccccc"),
+            key("dddddddddddddddd"),
+        );
+        assert!(b.try_reserve(&a, net(1), T).is_ok());
+        assert!(b.try_reserve(&bb, net(2), T + 30_000).is_ok());
+        assert!(b.try_reserve(&c, net(3), T + 30_000).is_ok());
+        assert_eq!(b.tracked(), 6);
+        // A minute after T, a's two windows have ended: sweeping them
+        // leaves 4, and a new pair fits exactly.
+        assert!(b.try_reserve(&d, net(4), T + 60_000).is_ok());
+        assert_eq!(b.tracked(), 6);
+    }
+
+    #[test]
+    fn a_refund_gives_the_key_id_its_run_back_too() {
+        let b = BcryptBudget::new(10, 1, 1000);
+        let k = key("iiiiiiiiiiiiiiii");
+        let r = b.try_reserve(&k, net(1), T).unwrap();
+        assert!(b.try_reserve(&k, net(2), T).is_err());
+        b.refund(r);
+        let r = b.try_reserve(&k, net(2), T).unwrap();
+        // Not into a window that started since.
+        assert!(b.try_reserve(&k, net(3), T + 60_000).is_ok());
+        b.refund(r);
+        assert!(b.try_reserve(&k, net(4), T + 60_000).is_err());
+    }
+
+    #[test]
+    fn refunding_one_run_keeps_the_others_counted() {
+        // Per source: two runs from one network, one given back.
+        let b = BcryptBudget::new(2, 100, 1000);
+        let k = key("jjjjjjjjjjjjjjjj");
+        let r1 = b.try_reserve(&k, net(1), T).unwrap();
+        let _r2 = b.try_reserve(&k, net(1), T).unwrap();
+        b.refund(r1);
+        assert!(b.try_reserve(&k, net(1), T).is_ok());
+        assert!(b.try_reserve(&k, net(1), T).is_err());
+        // Per key id: two runs from two networks, one given back.
+        let b = BcryptBudget::new(10, 2, 1000);
+        let r1 = b.try_reserve(&k, net(1), T).unwrap();
+        let _r2 = b.try_reserve(&k, net(2), T).unwrap();
+        b.refund(r1);
+        assert!(b.try_reserve(&k, net(3), T).is_ok());
+        assert!(b.try_reserve(&k, net(4), T).is_err());
+    }
+
+    #[test]
+    fn ipv4_addresses_each_have_their_own_budget() {
+        let b = BcryptBudget::new(1, 1000, 1000);
+        let k = key("kkkkkkkkkkkkkkkk");
+        for i in 0..=255 {
+            assert!(b.try_reserve(&k, net(i), T).is_ok(), "10.0.0.{i}");
+        }
+        let other = ClientNet::of(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)));
+        assert!(b.try_reserve(&k, other, T).is_ok());
+        assert_ne!(net(1), ClientNet::UNKNOWN);
+    }
+
     #[test]
     fn ipv6_addresses_count_per_slash_64_and_mapped_v4_as_v4() {
         let a: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().unwrap();

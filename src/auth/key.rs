@@ -87,6 +87,59 @@ mod tests {
         assert_eq!(k.secret.len(), SECRET_CHARS);
     }
 
+    const ID: &str = "abcdefgh12345678";
+
+    fn token_with_secret(secret: &str) -> String {
+        format!("{PREFIX}{ID}_{secret}")
+    }
+
+    #[test]
+    fn a_secret_may_use_every_base64url_character() {
+        let secret = format!("{}x-_", "aZ09".repeat(10));
+        assert_eq!(secret.len(), SECRET_CHARS);
+        let token = token_with_secret(&secret);
+        let p = parse(&token).expect("base64url secret");
+        assert_eq!((p.key_id.as_str(), p.secret), (ID, secret.as_str()));
+    }
+
+    #[test]
+    fn a_secret_with_a_character_outside_base64url_is_refused() {
+        for bad in ['+', '/', '=', '.', ' ', '!'] {
+            let secret = format!("{}{bad}", "a".repeat(SECRET_CHARS - 1));
+            assert!(parse(&token_with_secret(&secret)).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_with_a_multibyte_character_across_the_key_id_boundary_is_refused() {
+        // The right length in bytes, but byte 16 of the rest falls inside
+        // 'é' (2 bytes): refused, not a panic on splitting.
+        let token = format!("{PREFIX}abcdefghijklmno\u{e9}{}", "a".repeat(SECRET_CHARS));
+        assert_eq!(token.len(), PREFIX.len() + KeyId::LEN + 1 + SECRET_CHARS);
+        assert!(parse(&token).is_none());
+    }
+
+    #[test]
+    fn the_separator_after_the_key_id_must_be_an_underscore() {
+        let good = token_with_secret(&"a".repeat(SECRET_CHARS));
+        assert!(parse(&good).is_some());
+        let bad = good.replacen(&format!("{ID}_"), &format!("{ID}-"), 1);
+        assert!(parse(&bad).is_none());
+    }
+
+    #[test]
+    fn an_invalid_key_id_is_refused() {
+        let token = format!("{PREFIX}ABCDEFGH12345678_{}", "a".repeat(SECRET_CHARS));
+        assert!(parse(&token).is_none());
+    }
+
+    #[test]
+    fn the_digest_is_sha256_of_the_whole_key() {
+        let t = NewKey::generate().token();
+        assert_eq!(digest(&t), <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
+        assert_ne!(digest(&t), digest(&NewKey::generate().token()));
+    }
+
     #[test]
     fn malformed_keys_are_refused() {
         assert!(parse("").is_none());

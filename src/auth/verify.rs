@@ -413,6 +413,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::store::sqlite::SqliteStore;
+    use crate::store::KeyChange;
 
     fn panicking_check(_: &str, _: &str) -> Result<bool, bcrypt::BcryptError> {
         panic!("bcrypt panicked (test)")
@@ -441,6 +442,213 @@ mod tests {
             auth = auth.with_secret_check(check);
         }
         (dir, auth, token, metrics)
+    }
+
+    /// A verifier, its store and clock, and one key of `acme` (bcrypt cost 4).
+    struct Fixture {
+        dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        auth: Authenticator,
+        metrics: AuthMetrics,
+        token: String,
+    }
+
+    impl Fixture {
+        async fn new(cfg: AuthConfig, check: Option<SecretCheck>) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> =
+                Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
+            let token = Self::create(store.as_ref()).await;
+            let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+            let metrics = AuthMetrics::default();
+            let mut auth = Authenticator::new(store.clone(), clock.clone(), cfg, metrics.clone());
+            if let Some(check) = check {
+                auth = auth.with_secret_check(check);
+            }
+            Self {
+                dir,
+                store,
+                clock,
+                auth,
+                metrics,
+                token,
+            }
+        }
+
+        async fn create(store: &dyn Store) -> String {
+            crate::auth::admin::create(store, "acme", "a@acme.example", Role::Creator, 100, 4)
+                .await
+                .unwrap()
+                .token
+        }
+
+        async fn auth(&self, token: &str) -> Result<Caller, AuthError> {
+            self.auth.authenticate(token, ClientNet::UNKNOWN).await
+        }
+
+        fn advance_ms(&self, ms: i64) {
+            self.clock.advance(chrono::Duration::milliseconds(ms));
+        }
+
+        fn key_id(&self) -> KeyId {
+            key::parse(&self.token).unwrap().key_id
+        }
+    }
+
+    /// The same key with the `n`th other secret (same key id, same format).
+    fn other_secret(token: &str, n: usize) -> String {
+        let (head, last) = token.split_at(token.len() - 1);
+        let c = "ABCD"
+            .chars()
+            .filter(|c| last != c.to_string())
+            .nth(n)
+            .unwrap();
+        format!("{head}{c}")
+    }
+
+    fn wrong_secret(token: &str) -> String {
+        other_secret(token, 0)
+    }
+
+    fn slow_check(secret: &str, hash: &str) -> Result<bool, bcrypt::BcryptError> {
+        std::thread::sleep(Duration::from_millis(300));
+        bcrypt::verify(secret, hash)
+    }
+
+    const TTL_MS: i64 = 30_000;
+
+    #[tokio::test]
+    async fn the_right_secret_is_accepted_with_its_records_identity() {
+        let f = Fixture::new(AuthConfig::default(), None).await;
+        let c = f.auth(&f.token).await.unwrap();
+        assert_eq!(c.key_id, f.key_id());
+        assert_eq!(
+            (c.account.as_str(), c.role, c.rate_limit_per_minute),
+            ("acme", Role::Creator, 100)
+        );
+        assert_eq!(f.metrics.bcrypt_runs.get(), 1);
+        assert_eq!(f.auth.bcrypt_high_water(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused_and_the_refusal_kept_for_exactly_the_cache_ttl() {
+        let f = Fixture::new(AuthConfig::default(), None).await;
+        let wrong = wrong_secret(&f.token);
+        assert!(matches!(f.auth(&wrong).await, Err(AuthError::Invalid)));
+        assert_eq!(f.metrics.bcrypt_runs.get(), 1);
+        f.advance_ms(TTL_MS - 1);
+        assert!(matches!(f.auth(&wrong).await, Err(AuthError::Invalid)));
+        assert_eq!(f.metrics.bcrypt_runs.get(), 1, "refused from memory");
+        f.advance_ms(1);
+        assert!(matches!(f.auth(&wrong).await, Err(AuthError::Invalid)));
+        assert_eq!(f.metrics.bcrypt_runs.get(), 2, "checked again");
+        // The right secret of the same key id is not affected.
+        assert!(f.auth(&f.token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_keeps_working_for_exactly_the_cache_ttl_then_is_refused_without_bcrypt()
+    {
+        let f = Fixture::new(AuthConfig::default(), None).await;
+        assert!(f.auth(&f.token).await.is_ok());
+        f.store
+            .update_key(&f.key_id(), KeyChange::Status(KeyStatus::Revoked))
+            .await
+            .unwrap();
+        f.advance_ms(TTL_MS - 1);
+        assert!(f.auth(&f.token).await.is_ok(), "served from memory");
+        f.advance_ms(1);
+        assert!(matches!(f.auth(&f.token).await, Err(AuthError::Revoked)));
+        f.store
+            .update_key(&f.key_id(), KeyChange::Status(KeyStatus::Inactive))
+            .await
+            .unwrap();
+        f.advance_ms(TTL_MS);
+        assert!(matches!(f.auth(&f.token).await, Err(AuthError::Inactive)));
+        // The record was read again each time; bcrypt ran once.
+        assert_eq!(f.metrics.bcrypt_runs.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_verified_again_when_the_stored_hash_changed() {
+        let f = Fixture::new(AuthConfig::default(), None).await;
+        assert!(f.auth(&f.token).await.is_ok());
+        let other = bcrypt::hash("another secret", 4).unwrap();
+        rusqlite::Connection::open(f.dir.path().join("a.db"))
+            .unwrap()
+            .execute(
+                "UPDATE api_keys SET secret_hash = ?1 WHERE key_id = ?2",
+                rusqlite::params![other, f.key_id().as_str()],
+            )
+            .unwrap();
+        f.advance_ms(TTL_MS);
+        assert!(matches!(f.auth(&f.token).await, Err(AuthError::Invalid)));
+        assert_eq!(f.metrics.bcrypt_runs.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn verifications_of_two_key_ids_run_at_the_same_time() {
+        let f = Fixture::new(AuthConfig::default(), Some(slow_check)).await;
+        let second = Fixture::create(f.store.as_ref()).await;
+        let (a, b) = tokio::join!(f.auth(&f.token), f.auth(&second));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(f.auth.bcrypt_high_water(), 2);
+        assert_eq!(f.metrics.bcrypt_in_flight.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_waits_up_to_queue_wait_for_its_key_ids_verifier() {
+        let cfg = AuthConfig {
+            per_key_concurrency: 1,
+            queue_wait: Duration::from_secs(10),
+            ..AuthConfig::default()
+        };
+        let f = Fixture::new(cfg, Some(slow_check)).await;
+        let wrong = wrong_secret(&f.token);
+        let (a, b) = tokio::join!(f.auth(&f.token), f.auth(&wrong));
+        assert!(a.is_ok(), "{a:?}");
+        assert!(matches!(b, Err(AuthError::Invalid)), "{b:?}");
+        assert_eq!(f.metrics.busy.get(), 0);
+        assert_eq!(f.auth.bcrypt_high_water(), 1, "one at a time for a key id");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_finds_no_verifier_in_time_is_busy_and_costs_no_budget() {
+        let cfg = AuthConfig {
+            per_key_concurrency: 1,
+            per_source_per_minute: 1,
+            queue_wait: Duration::from_millis(20),
+            ..AuthConfig::default()
+        };
+        let f = Fixture::new(cfg, Some(slow_check)).await;
+        let wrong = wrong_secret(&f.token);
+        let net = ClientNet::of(std::net::Ipv4Addr::new(10, 0, 0, 1).into());
+        let other = ClientNet::of(std::net::Ipv4Addr::new(10, 0, 0, 2).into());
+        let (a, b) = tokio::join!(f.auth.authenticate(&f.token, other), async {
+            // Once the first attempt holds the key id's verifier (bounded:
+            // if it never gets there, fail instead of hanging).
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while f.metrics.bcrypt_in_flight.get() == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await
+            .expect("the first attempt never reached the verifier");
+            f.auth.authenticate(&wrong, net).await
+        });
+        assert!(a.is_ok(), "{a:?}");
+        assert!(matches!(b, Err(AuthError::Busy)), "{b:?}");
+        assert_eq!(f.metrics.busy.get(), 1);
+        // The busy attempt was given back: its one run a minute is left.
+        assert!(matches!(
+            f.auth.authenticate(&wrong, net).await,
+            Err(AuthError::Invalid)
+        ));
+        assert!(matches!(
+            f.auth.authenticate(&other_secret(&f.token, 1), net).await,
+            Err(AuthError::Throttled { .. })
+        ));
     }
 
     #[tokio::test]

@@ -684,6 +684,107 @@ mod tests {
     }
 
     #[test]
+    fn long_keys_sort_by_all_their_bytes_not_their_first_eight() {
+        assert_eq!(
+            canonical(r#"{"b0000000":1,"a0000001":2}"#),
+            r#"{"a0000001":2,"b0000000":1}"#
+        );
+        assert_eq!(
+            canonical(r#"{"abcdefgh2":1,"abcdefgh1":2,"abcdefgh":3}"#),
+            r#"{"abcdefgh":3,"abcdefgh1":2,"abcdefgh2":1}"#
+        );
+        // Escaped keys too, and a repeated long key keeps its last value.
+        assert_eq!(
+            canonical(r#"{"abcdefgh\u0032":1,"abcdefgh1":2,"abcdefgh2":3}"#),
+            r#"{"abcdefgh1":2,"abcdefgh2":3}"#
+        );
+    }
+
+    #[test]
+    fn every_short_escape_is_read_and_written_as_serde_json_does() {
+        assert_eq!(
+            canonical(r#"["\b\f\n\r\t\"\\\/","\u0020\u001f\u007f"]"#),
+            format!(r#"["\b\f\n\r\t\"\\/"," \u001f{}"]"#, '\u{7f}')
+        );
+        assert_eq!(canonical(r#"{"\n":"\t","":""}"#), r#"{"":"","\n":"\t"}"#);
+        assert!(fingerprint("t", r#"{"a":"\x"}"#, None).is_err());
+        assert!(fingerprint("t", r#"{"a":"\u12"}"#, None).is_err());
+        assert!(fingerprint("t", r#"{"a":"\u12G4"}"#, None).is_err());
+    }
+
+    #[test]
+    fn a_surrogate_pair_is_one_character() {
+        assert_eq!(canonical(r#"["\ud83d\ude00"]"#), "[\"\u{1f600}\"]");
+        assert_eq!(canonical(r#"["\uD800\uDC00x"]"#), "[\"\u{10000}x\"]");
+        assert_eq!(canonical(r#"["\udbff\udfff"]"#), "[\"\u{10ffff}\"]");
+        assert_eq!(
+            fp("t", r#"{"k\ud83d\ude00":1}"#, None),
+            fp("t", "{\"k\u{1f600}\":1}", None)
+        );
+        for bad in [
+            r#"["\ud83dx"]"#,
+            r#"["\ud83d\u0041"]"#,
+            r#"["\ud83d\ud83d"]"#,
+            r#"["\ud83d\ude0"]"#,
+        ] {
+            assert!(canonical_form(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// What the API reports for a lone surrogate is serde_json's wording.
+    #[test]
+    fn a_lone_surrogate_is_named_in_the_error() {
+        let message = |text| fingerprint("t", text, None).unwrap_err().to_string();
+        assert_eq!(
+            message(r#"{"s":"\udc00"}"#),
+            "lone trailing surrogate in hex escape"
+        );
+        assert_eq!(
+            message(r#"{"s":"\ud800"}"#),
+            "lone leading surrogate in hex escape"
+        );
+    }
+
+    #[test]
+    fn strings_that_end_the_text_early_are_errors_not_panics() {
+        for bad in [
+            "\"",
+            "{\"a\":\"",
+            "[\"",
+            "\"\\",
+            "[\"\\u00",
+            "{\"a\":\"x\\\"",
+        ] {
+            assert!(canonical_form(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_accepted_down_to_max_depth_and_refused_below() {
+        let at_max = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert_eq!(canonical(&at_max), at_max);
+        let deeper = format!("{}{}", "[".repeat(MAX_DEPTH + 2), "]".repeat(MAX_DEPTH + 2));
+        assert!(canonical_form(&deeper).is_err());
+    }
+
+    #[test]
+    fn a_large_payload_leaves_no_large_buffer_behind() {
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(2 * KEEP_CAPACITY));
+        assert_eq!(canonical(&big).len(), big.len());
+        let kept = BUFFERS.with(|b| b.borrow().out.capacity());
+        assert!(kept <= KEEP_CAPACITY, "{kept}");
+        // The next call on this thread still works on the reset buffers.
+        assert_eq!(canonical(r#"{"b":1,"a":2}"#), r#"{"a":2,"b":1}"#);
+    }
+
+    #[test]
+    fn fingerprints_print_as_64_hex_digits() {
+        let f = fp("t", "{}", None);
+        assert_eq!(f.to_hex(), hex::encode(f.0));
+        assert_eq!(Fingerprint([0xab; 32]).to_hex(), "ab".repeat(32));
+    }
+
+    #[test]
     fn type_and_source_boundaries_cannot_be_shifted() {
         assert_ne!(fp("ab", "{}", Some("c")), fp("a", "{}", Some("bc")));
     }

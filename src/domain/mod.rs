@@ -510,6 +510,220 @@ mod tests {
         assert!(KeyId::parse("abc").is_none());
     }
 
+    fn ts(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    fn event() -> Event {
+        Event {
+            event_id: EventId::new_v7(),
+            account: AccountId::parse("acme").unwrap(),
+            event_type: EventType::parse("order.created").unwrap(),
+            payload: JsonObject::from_json_text(r#"{"n":1}"#.into()).unwrap(),
+            source: Some(Source::parse("billing").unwrap()),
+            metadata: JsonObject::from_json_text(r#"{"m":"x"}"#.into()).unwrap(),
+            timestamp: ts(1_700_000_000_123),
+            delivered: false,
+            delivered_at: None,
+            lease_count: 0,
+            leased_until: None,
+            quarantined: false,
+        }
+    }
+
+    #[test]
+    fn account_ids_are_1_to_64_of_letters_digits_dash_underscore_and_dot() {
+        for ok in ["a", "Acme-Corp_2.0", &"x".repeat(64)] {
+            let a = AccountId::parse(ok).expect(ok);
+            assert_eq!((a.as_str(), a.to_string().as_str()), (ok, ok));
+        }
+        for bad in ["", &"x".repeat(65), "a b", "a/b", "a#b", "é", "a\n"] {
+            assert!(AccountId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn event_types_are_kept_as_given() {
+        let t = EventType::parse("order.created v2").unwrap();
+        assert_eq!(t.as_str(), "order.created v2");
+        assert!(EventType::parse("x").is_ok());
+    }
+
+    #[test]
+    fn sources_are_at_most_255_characters_and_may_be_empty() {
+        assert_eq!(Source::parse("").unwrap().as_str(), "");
+        let max = "é".repeat(255);
+        assert_eq!(Source::parse(&max).unwrap().as_str(), max);
+        assert!(Source::parse(&"é".repeat(256)).is_err());
+        assert!(Source::parse(&"s".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn event_ids_keep_their_uuid_and_print_hyphenated() {
+        let u = Uuid::now_v7();
+        let id = EventId::from_uuid(u);
+        assert_eq!(id.as_uuid(), u);
+        assert_eq!(id.to_string(), u.hyphenated().to_string());
+        // The braced and URN forms are UUIDs too, but not event ids.
+        assert_eq!(EventId::parse(&u.braced().to_string()), None);
+        assert_eq!(EventId::parse(&u.urn().to_string()), None);
+        assert_ne!(EventId::new_v7(), EventId::new_v7());
+    }
+
+    #[test]
+    fn lease_ids_are_any_hyphenated_uuid() {
+        let l = LeaseId::new_random();
+        assert_eq!(LeaseId::parse(&l.to_string()), Some(l));
+        assert_eq!(l.to_string(), l.as_uuid().hyphenated().to_string());
+        assert_eq!(LeaseId::from_uuid(l.as_uuid()), l);
+        assert_eq!(LeaseId::parse(&l.as_uuid().simple().to_string()), None);
+        assert_eq!(LeaseId::parse("nope"), None);
+        assert_ne!(LeaseId::new_random(), l);
+    }
+
+    #[test]
+    fn json_objects_keep_their_text_and_compare_by_it() {
+        let text = "{ \"b\": 1.50, \"a\": [true] }";
+        let o = JsonObject::from_json_text(text.into()).unwrap();
+        assert_eq!((o.as_str(), o.len()), (text, text.len()));
+        assert!(!o.is_empty());
+        assert!(JsonObject::empty().is_empty());
+        assert_eq!(JsonObject::empty().as_str(), "{}");
+        let v = o.to_value();
+        assert_eq!(v["a"], serde_json::json!([true]));
+        assert_eq!(v["b"].to_string(), "1.50", "number digits as sent");
+        assert_eq!(serde_json::to_string(&o).unwrap(), text);
+        let same = JsonObject::from_json_text(text.into()).unwrap();
+        let other = JsonObject::from_json_text("{\"b\":1.50,\"a\":[true]}".into()).unwrap();
+        assert!(o == same);
+        assert!(o != other, "same value, other text");
+        // Leading whitespace is allowed; text that only starts like an
+        // object is not valid.
+        assert!(JsonObject::from_json_text("  {}".into()).is_ok());
+        assert!(JsonObject::from_json_text("{".into()).is_err());
+        assert!(JsonObject::from_json_text("null".into()).is_err());
+    }
+
+    #[test]
+    fn an_event_counts_its_texts_and_a_fixed_overhead_in_bytes() {
+        let e = event();
+        // 200 + payload 7 + metadata 9 + type 13 + source 7.
+        assert_eq!(e.approx_bytes(), 200 + 7 + 9 + 13 + 7);
+        let no_source = Event {
+            source: None,
+            ..event()
+        };
+        assert_eq!(no_source.approx_bytes(), 200 + 7 + 9 + 13);
+    }
+
+    #[test]
+    fn a_lease_that_ended_or_a_delivered_event_shows_no_lease() {
+        let now = ts(1_700_000_100_000);
+        let leased = Event {
+            leased_until: Some(now + chrono::Duration::milliseconds(1)),
+            lease_count: 1,
+            ..event()
+        };
+        assert_eq!(leased.clone().as_of(now), leased, "a running lease");
+        let ended = Event {
+            leased_until: Some(now),
+            ..leased.clone()
+        };
+        assert_eq!(ended.as_of(now).leased_until, None, "ended at now");
+        let delivered = Event {
+            delivered: true,
+            delivered_at: Some(now),
+            quarantined: true,
+            ..leased.clone()
+        };
+        let shown = delivered.as_of(now);
+        assert_eq!((shown.leased_until, shown.quarantined), (None, false));
+        let quarantined = Event {
+            quarantined: true,
+            ..event()
+        };
+        assert!(quarantined.as_of(now).quarantined);
+    }
+
+    #[test]
+    fn timestamps_are_written_as_rfc3339_utc_with_milliseconds() {
+        let t = ts(1_700_000_000_120);
+        assert_eq!(format_ts(&t), "2023-11-14T22:13:20.120Z");
+        let with_nanos = t + chrono::Duration::nanoseconds(999_999);
+        assert_eq!(trunc_ms(with_nanos), t);
+        assert_eq!(trunc_ms(ts(-1)), ts(-1));
+        let json = serde_json::to_value(Event {
+            delivered: true,
+            delivered_at: Some(ts(1_700_000_001_000)),
+            ..event()
+        })
+        .unwrap();
+        assert_eq!(json["timestamp"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(json["delivered_at"], "2023-11-14T22:13:21.000Z");
+        assert_eq!(json["leased_until"], serde_json::Value::Null);
+        assert_eq!(json["payload"], serde_json::json!({"n": 1}));
+    }
+
+    #[test]
+    fn roles_and_statuses_parse_back_from_their_names() {
+        for r in [Role::Creator, Role::Viewer] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(
+            (Role::Creator.as_str(), Role::Viewer.as_str()),
+            ("creator", "viewer")
+        );
+        assert_eq!(Role::parse("admin"), None);
+        for s in [KeyStatus::Active, KeyStatus::Inactive, KeyStatus::Revoked] {
+            assert_eq!(KeyStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(
+            [KeyStatus::Active, KeyStatus::Inactive, KeyStatus::Revoked].map(KeyStatus::as_str),
+            ["active", "inactive", "revoked"]
+        );
+        assert_eq!(KeyStatus::parse("Active"), None);
+    }
+
+    #[test]
+    fn only_a_creator_may_do_what_needs_a_creator() {
+        assert!(Role::Creator.allows(Role::Creator));
+        assert!(Role::Creator.allows(Role::Viewer));
+        assert!(Role::Viewer.allows(Role::Viewer));
+        assert!(!Role::Viewer.allows(Role::Creator));
+    }
+
+    #[test]
+    fn key_ids_print_as_given() {
+        let k = KeyId::parse("0123456789abcdef").unwrap();
+        assert_eq!(
+            (k.as_str(), k.to_string().as_str()),
+            ("0123456789abcdef", "0123456789abcdef")
+        );
+        assert!(KeyId::parse("0123456789abcde-").is_none());
+        assert!(KeyId::parse("0123456789abcdef0").is_none());
+    }
+
+    #[test]
+    fn emails_need_a_local_part_and_a_domain_and_no_spaces() {
+        let e = Email::parse("  a@b.example \n").unwrap();
+        assert_eq!(e.as_str(), "a@b.example");
+        let local = "l".repeat(254 - "@b.c".len());
+        assert!(Email::parse(&format!("{local}@b.c")).is_ok(), "254 bytes");
+        assert!(Email::parse(&format!("{local}x@b.c")).is_err(), "255 bytes");
+        for bad in [
+            "",
+            "ab.c",
+            "@b.c",
+            "a@",
+            "a b@c.d",
+            "a@c\td",
+            "a\u{7}@c.d",
+            "a@b\u{85}c",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn idempotency_keys_are_1_to_255_printable_ascii_without_outer_spaces() {
         for ok in ["a", "order 42", "~!@#$%^&*()", &"k".repeat(255)] {

@@ -71,6 +71,58 @@ mod tests {
         AccountId::parse(s).unwrap()
     }
 
+    #[test]
+    fn a_cursor_of_exactly_the_maximum_length_is_read_and_one_past_it_is_refused() {
+        let c = CursorCodec::new([3; 32]);
+        // 1 version byte + 367 + 16 tag bytes = 384 bytes = 512 characters.
+        let at_max = c.encode(&acct("a"), &Position(vec![0xab; 367]));
+        assert_eq!(at_max.len(), MAX_CURSOR_CHARS);
+        assert_eq!(c.decode(&acct("a"), &at_max), Ok(Position(vec![0xab; 367])));
+        // Correctly signed, but longer than any position a store hands out.
+        let too_long = c.encode(&acct("a"), &Position(vec![0xab; 368]));
+        assert!(too_long.len() > MAX_CURSOR_CHARS);
+        assert_eq!(c.decode(&acct("a"), &too_long), Err(InvalidCursor));
+    }
+
+    #[test]
+    fn a_cursor_for_an_empty_position_round_trips() {
+        let c = CursorCodec::new([4; 32]);
+        let s = c.encode(&acct("a"), &Position(Vec::new()));
+        assert_eq!(c.decode(&acct("a"), &s), Ok(Position(Vec::new())));
+    }
+
+    #[test]
+    fn cursors_shorter_than_version_and_tag_are_refused_without_panicking() {
+        let c = CursorCodec::new([5; 32]);
+        // As long as the tag alone (16 bytes), and shorter, with a valid
+        // version byte in front.
+        for len in [1, 2, TAG_LEN - 1, TAG_LEN] {
+            let mut raw = vec![0u8; len];
+            raw[0] = VERSION;
+            let s = URL_SAFE_NO_PAD.encode(&raw);
+            assert_eq!(c.decode(&acct("a"), &s), Err(InvalidCursor), "{len} bytes");
+        }
+        assert_eq!(c.decode(&acct("a"), ""), Err(InvalidCursor));
+    }
+
+    #[test]
+    fn a_cursor_signed_with_another_key_or_version_is_refused() {
+        let ours = CursorCodec::new([6; 32]);
+        let theirs = CursorCodec::new([7; 32]);
+        let pos = Position(vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        let s = theirs.encode(&acct("a"), &pos);
+        assert_eq!(ours.decode(&acct("a"), &s), Err(InvalidCursor));
+        // The same bytes under another version byte.
+        let mut raw = URL_SAFE_NO_PAD
+            .decode(ours.encode(&acct("a"), &pos))
+            .unwrap();
+        raw[0] = VERSION + 1;
+        assert_eq!(
+            ours.decode(&acct("a"), &URL_SAFE_NO_PAD.encode(raw)),
+            Err(InvalidCursor)
+        );
+    }
+
     proptest! {
         #[test]
         fn cursors_round_trip_for_their_account_only(pos in proptest::collection::vec(any::<u8>(), 0..40)) {

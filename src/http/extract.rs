@@ -869,6 +869,300 @@ mod tests {
         assert!(InboxParams::parse(Some("state=leased")).is_err());
     }
 
+    fn errors_of(e: Result<impl std::fmt::Debug, ApiError>) -> Vec<(String, String)> {
+        match e {
+            Err(ApiError::Validation(errs)) => {
+                errs.into_iter().map(|e| (e.field, e.message)).collect()
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    fn event_errors(body: &str) -> Vec<(String, String)> {
+        errors_of(CreateEvent::parse_json(body.as_bytes(), 1024).map(|_| ()))
+    }
+
+    fn pair(field: &str, message: &str) -> (String, String) {
+        (field.to_owned(), message.to_owned())
+    }
+
+    #[test]
+    fn json_and_json_suffixed_media_types_are_json_and_nothing_else() {
+        let is_json =
+            |v: &str| is_json_content_type(Some(&header::HeaderValue::from_str(v).unwrap()));
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ;x=y",
+            "application/problem+json",
+        ] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for bad in [
+            "text/json",
+            "application/jsonx",
+            "text/plain+json",
+            "application/xml",
+            "",
+        ] {
+            assert!(!is_json(bad), "{bad}");
+        }
+        assert!(!is_json_content_type(None));
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_in_the_error() {
+        for (value, name) in [
+            ("1.5", "a number"),
+            ("null", "null"),
+            ("true", "a boolean"),
+            ("false", "a boolean"),
+            ("[]", "an array"),
+            ("{}", "an object"),
+        ] {
+            assert_eq!(
+                event_errors(&format!(r#"{{"event_type":{value},"payload":{{}}}}"#)),
+                [pair("event_type", &format!("must be a string, not {name}"))],
+                "{value}"
+            );
+        }
+        assert_eq!(
+            event_errors(r#"{"event_type":"t","payload":"{}"}"#),
+            [pair("payload", "must be a JSON object, not a string")]
+        );
+        assert_eq!(
+            event_errors(r#"{"event_type":"t","payload":{},"source":5,"metadata":[1]}"#),
+            [
+                pair("source", "must be a string, not a number"),
+                pair("metadata", "must be a JSON object, not an array")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_told_so() {
+        for body in ["[]", " [1]", "\"x\"", "1"] {
+            assert_eq!(
+                event_errors(body),
+                [pair("body", "must be a JSON object")],
+                "{body}"
+            );
+        }
+        let e = event_errors("{\"event_type\":\"t\"} x");
+        assert!(e[0].1.starts_with("malformed JSON"), "{e:?}");
+    }
+
+    #[test]
+    fn null_source_and_metadata_mean_absent() {
+        let e = CreateEvent::parse_json(
+            br#"{"event_type":"t","payload":{"a":1},"source":null,"metadata":null}"#,
+            1024,
+        )
+        .unwrap();
+        assert_eq!((e.source, e.metadata.as_str()), (None, "{}"));
+        let e = CreateEvent::parse_json(
+            br#"{"event_type":"t","payload":{},"source":"s","metadata":{"m":[1, 2]}}"#,
+            1024,
+        )
+        .unwrap();
+        assert_eq!(e.source.as_ref().map(Source::as_str), Some("s"));
+        assert_eq!(e.metadata.as_str(), r#"{"m":[1, 2]}"#);
+        assert_eq!(
+            e.fingerprint,
+            fingerprint("t", "{}", Some("s")).unwrap(),
+            "the source is part of the fingerprint, metadata is not"
+        );
+        assert_eq!(
+            event_errors(r#"{"payload":{}}"#),
+            [pair("event_type", "is required")]
+        );
+        assert_eq!(
+            event_errors(r#"{"event_type":"t"}"#),
+            [pair("payload", "is required")]
+        );
+    }
+
+    #[test]
+    fn metadata_with_an_invalid_string_is_refused() {
+        let e = event_errors(r#"{"event_type":"t","payload":{},"metadata":{"m":"\ud800"}}"#);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0, "metadata");
+        assert!(e[0].1.starts_with("malformed JSON"), "{e:?}");
+        let e = event_errors(r#"{"event_type":"t","payload":{"p":"\ud800"}}"#);
+        assert_eq!(e, [pair("payload", "lone leading surrogate in hex escape")]);
+    }
+
+    #[test]
+    fn a_payload_of_exactly_the_maximum_size_is_accepted() {
+        let body = br#"{"event_type":"t","payload":{"a":12}}"#;
+        assert!(CreateEvent::parse_json(body, 8).is_ok());
+        assert!(matches!(
+            CreateEvent::parse_json(body, 7),
+            Err(ApiError::PayloadTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_lease_body_may_name_an_event_type_or_null() {
+        let p = LeaseParams::parse_json(br#"{"event_type":"order.created"}"#).unwrap();
+        assert_eq!(
+            p.event_type.as_ref().map(EventType::as_str),
+            Some("order.created")
+        );
+        let p = LeaseParams::parse_json(br#"{"event_type":null,"lease_seconds":null}"#).unwrap();
+        assert_eq!(p.event_type, None);
+        assert_eq!(p.lease_for.as_secs(), LeaseParams::DEFAULT_LEASE_SECS);
+        assert_eq!(
+            errors_of(LeaseParams::parse_json(br#"{"event_type":1}"#)),
+            [pair("event_type", "must be a string, not a number")]
+        );
+    }
+
+    #[test]
+    fn a_settle_body_may_give_null_event_ids() {
+        let lease = LeaseId::new_random();
+        let p = SettleParams::parse_json(
+            format!(r#"{{"lease_id":"{lease}","event_ids":null}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!((p.lease_id, p.event_ids), (Some(lease), None));
+        let ids: Vec<String> = (0..SettleParams::MAX_IDS)
+            .map(|_| format!("\"{}\"", EventId::new_v7()))
+            .collect();
+        let p = SettleParams::parse_json(
+            format!(
+                r#"{{"lease_id":"{lease}","event_ids":[{}]}}"#,
+                ids.join(",")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(p.event_ids.map(|v| v.len()), Some(SettleParams::MAX_IDS));
+    }
+
+    #[test]
+    fn the_inbox_query_takes_a_cursor_and_an_event_type() {
+        let p = InboxParams::parse(Some("cursor=abc&event_type=order.created&limit=7")).unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("abc"));
+        assert_eq!(
+            p.event_type.as_ref().map(EventType::as_str),
+            Some("order.created")
+        );
+        assert_eq!(p.limit, 7);
+        assert_eq!(InboxParams::parse(Some("cursor=")).unwrap().cursor, None);
+        assert_eq!(
+            errors_of(InboxParams::parse(Some("event_type=&x=1&limit=1&limit=2"))),
+            [
+                pair("event_type", "must be 1-255 characters"),
+                pair("x", "unknown query parameter"),
+                pair("limit", "given more than once")
+            ]
+        );
+    }
+
+    async fn state(max_body_bytes: usize) -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let settings = crate::config::Settings {
+            max_body_bytes,
+            ..Default::default()
+        };
+        let state = AppState::new(
+            std::sync::Arc::new(store),
+            std::sync::Arc::new(crate::clock::SystemClock),
+            settings,
+        )
+        .await
+        .unwrap();
+        (dir, state)
+    }
+
+    fn request(
+        content_type: Option<&str>,
+        length: Option<usize>,
+        body: axum::body::Body,
+    ) -> Request {
+        let mut r = Request::builder().method("POST").uri("/events");
+        if let Some(t) = content_type {
+            r = r.header(header::CONTENT_TYPE, t);
+        }
+        if let Some(n) = length {
+            r = r.header(header::CONTENT_LENGTH, n);
+        }
+        r.body(body).unwrap()
+    }
+
+    async fn read(state: &AppState, req: Request) -> Result<bytes::Bytes, ApiError> {
+        JsonBody::from_request(req, state).await.map(|b| b.0)
+    }
+
+    #[tokio::test]
+    async fn a_json_body_is_read_up_to_the_limit_and_no_further() {
+        let (_dir, s) = state(16).await;
+        let json = Some("application/json");
+        let at_limit = "[1,2,3,4,5,6,7]".to_owned() + " ";
+        assert_eq!(at_limit.len(), 16);
+        let got = read(&s, request(json, Some(16), at_limit.clone().into())).await;
+        assert_eq!(got.unwrap(), at_limit.as_bytes());
+        // Declared too large: refused before reading.
+        let e = read(&s, request(json, Some(17), "{}".into())).await;
+        assert!(matches!(e, Err(ApiError::PayloadTooLarge(_))), "{e:?}");
+        // Not declared, but larger once read.
+        let e = read(&s, request(json, None, "[1,2,3,4,5,6,7,8]".into())).await;
+        assert!(matches!(e, Err(ApiError::PayloadTooLarge(_))), "{e:?}");
+        let e = read(&s, request(Some("text/plain"), None, "{}".into())).await;
+        assert!(matches!(e, Err(ApiError::UnsupportedMediaType)), "{e:?}");
+        let e = read(&s, request(None, None, "{}".into())).await;
+        assert!(matches!(e, Err(ApiError::UnsupportedMediaType)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_to_arrive_is_a_validation_error_not_too_large() {
+        let (_dir, s) = state(1024).await;
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok(bytes::Bytes::from_static(b"{")),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let body = axum::body::Body::from_stream(futures::stream::iter(chunks));
+        let e = read(&s, request(Some("application/json"), None, body)).await;
+        assert_eq!(
+            errors_of(e),
+            [pair("body", "the request body could not be read")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_nested_max_depth_deep_is_read_and_one_deeper_is_refused() {
+        let (_dir, s) = state(4096).await;
+        let json = Some("application/json");
+        let nested = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        let ok = nested(MAX_DEPTH);
+        assert!(read(&s, request(json, None, ok.into())).await.is_ok());
+        let e = read(&s, request(json, None, nested(MAX_DEPTH + 1).into())).await;
+        assert_eq!(
+            errors_of(e),
+            [pair(
+                "body",
+                &format!("JSON nesting deeper than {MAX_DEPTH} levels")
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cursor_decodes_for_its_own_account_only() {
+        let (_dir, s) = state(1024).await;
+        let a = crate::domain::AccountId::parse("a").unwrap();
+        let b = crate::domain::AccountId::parse("b").unwrap();
+        let pos = Position(vec![0, 0, 0, 0, 0, 0, 0, 9]);
+        let c = s.cursors.encode(&a, &pos);
+        assert_eq!(decode_cursor(&s, &a, Some(&c)).unwrap(), Some(pos));
+        assert_eq!(decode_cursor(&s, &a, None).unwrap(), None);
+        assert!(matches!(
+            decode_cursor(&s, &b, Some(&c)),
+            Err(ApiError::InvalidCursor)
+        ));
+    }
+
     fn outcome(r: &Result<CreateEvent, ApiError>) -> String {
         match r {
             Ok(c) => format!(

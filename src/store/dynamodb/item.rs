@@ -915,6 +915,290 @@ mod tests {
         ));
     }
 
+    fn acct() -> AccountId {
+        AccountId::parse("acme").expect("valid")
+    }
+
+    fn id(u: u128) -> EventId {
+        EventId::parse(&Uuid::from_u128(u).hyphenated().to_string()).expect("v7")
+    }
+
+    /// A UUIDv7 with a recognisable tail.
+    const ID: u128 = 0x0188_aaaa_bbbb_7ccc_8ddd_eeee_ffff_0001;
+    const ID_TEXT: &str = "0188aaaa-bbbb-7ccc-8ddd-eeeeffff0001";
+
+    /// The keys are the stored layout (docs/dynamodb.md): existing tables
+    /// hold them, so they may not change.
+    #[test]
+    fn partition_and_sort_keys_are_spelled_as_documented() {
+        let (a, e) = (acct(), id(ID));
+        let lease = LeaseId::from_uuid(Uuid::from_u128(7));
+        assert_eq!(event_pk(&a, &e), format!("EV#acme#{ID_TEXT}"));
+        assert_eq!(inbox_pk(&a), "IN#acme");
+        assert_eq!(quarantine_pk(&a), "QU#acme");
+        assert_eq!(available_pk(&a), "AV#acme");
+        assert_eq!(leased_pk(&a), "LX#acme");
+        assert_eq!(leased_sk(42, &e), format!("0000000000042#{ID_TEXT}"));
+        assert_eq!(leased_sk_end(41), "0000000000042");
+        assert_eq!(leased_sk_end(i64::MAX), i64::MAX.to_string());
+        assert_eq!(
+            lease_pk(&a, &lease),
+            "LS#acme#00000000-0000-0000-0000-000000000007"
+        );
+        assert_eq!(inbox_sk(&e), ID_TEXT);
+        let fp = Fingerprint([0xab; 32]);
+        assert_eq!(dedup_pk(&a, &fp), format!("DD#acme#{}", "ab".repeat(32)));
+        assert_eq!(secret_pk("cursor"), "SECRET#cursor");
+        assert_eq!(
+            (part_sk(0), part_sk(12)),
+            ("M#000".to_owned(), "M#012".to_owned())
+        );
+        let t = EventType::parse("a").expect("valid");
+        // SHA-256("a"), first 16 bytes.
+        assert_eq!(type_hash(&t), "ca978112ca1bbdcafac231b39a23dc4d");
+        assert_eq!(
+            type_sk(&t, &e),
+            format!("ca978112ca1bbdcafac231b39a23dc4d#{ID_TEXT}")
+        );
+        assert_eq!(
+            type_range(&t, None),
+            Some((
+                "ca978112ca1bbdcafac231b39a23dc4d#".to_owned(),
+                "ca978112ca1bbdcafac231b39a23dc4d$".to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn markers_name_their_event_and_lease_end() {
+        let (a, e) = (acct(), id(ID));
+        let av = available_marker(&a, "h", &e);
+        assert_eq!(av.get(PK), Some(&s("AV#acme")));
+        assert_eq!(av.get(SK), Some(&s(ID_TEXT)));
+        assert_eq!(av.get(TSK), Some(&s(format!("h#{ID_TEXT}"))));
+        assert_eq!(marker_event_id(&av).expect("id"), e);
+        let lx = leased_marker(&a, "h", 1_700_000_000_000, &e);
+        assert_eq!(lx.get(PK), Some(&s("LX#acme")));
+        assert_eq!(lx.get(SK), Some(&s(format!("1700000000000#{ID_TEXT}"))));
+        assert_eq!(lx.get(TSK), Some(&s(format!("h#1700000000000#{ID_TEXT}"))));
+        assert_eq!(marker_event_id(&lx).expect("id"), e);
+        assert_eq!(marker_until(&lx).expect("until"), 1_700_000_000_000);
+        let bad = key("LX#acme", "soon#x");
+        assert!(matches!(
+            marker_until(&bad),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            marker_event_id(&bad),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn lease_records_round_trip_through_their_chunks_oldest_event_first() {
+        let (a, lease) = (acct(), LeaseId::from_uuid(Uuid::from_u128(9)));
+        let until = DateTime::from_timestamp_millis(1_700_000_030_000).expect("valid");
+        let expires = DateTime::from_timestamp_millis(1_700_000_090_500).expect("valid");
+        let entry = |u, quarantined, parts| LeaseEntry {
+            id: id(u),
+            type_hash: format!("h{u}"),
+            quarantined,
+            parts,
+        };
+        let first = [entry(ID + 2, false, 0), entry(ID, true, 3)];
+        let second = [entry(ID + 1, false, 1)];
+        let c1 = lease_chunk_item(&a, &lease, "C#0#0", &until, &expires, &first);
+        let c2 = lease_chunk_item(&a, &lease, "C#0#1", &until, &expires, &second);
+        assert_eq!(c1.get(PK), Some(&s(lease_pk(&a, &lease))));
+        assert_eq!(c1.get(SK), Some(&s("C#0#0")));
+        assert_eq!(c1.get(TTL), Some(&n(1_700_000_091)));
+        // An entry carries `q` and `m` only when they say something.
+        let Some(AttributeValue::L(list)) = c1.get(L_ENTRIES) else {
+            panic!("entries")
+        };
+        let AttributeValue::M(plain) = &list[0] else {
+            panic!("entry")
+        };
+        assert_eq!(plain.len(), 2, "{plain:?}");
+        let (got_until, entries) = lease_record(&[c1, c2]).expect("record");
+        assert_eq!(got_until, until);
+        assert_eq!(
+            entries,
+            vec![
+                entry(ID, true, 3),
+                entry(ID + 1, false, 1),
+                entry(ID + 2, false, 0)
+            ]
+        );
+        assert!(matches!(lease_record(&[]), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn quarantine_and_requeue_entries_are_moved_copies_of_the_event() {
+        let e = new_event(r#"{"a":1}"#, "{}", None);
+        let mut event = event_items(&e).event;
+        event.insert(A_LEASE_ID.to_owned(), s("lid"));
+        event.insert(A_LEASE_COUNT.to_owned(), n(3));
+        event.insert(A_LEASED_UNTIL.to_owned(), n(5));
+        event.insert(TTL.to_owned(), n(6));
+        let q = quarantine_entry(&event, &e.account, &e.event_id).expect("entry");
+        assert_eq!(q.get(PK), Some(&s(quarantine_pk(&e.account))));
+        assert_eq!(q.get(SK), Some(&s(inbox_sk(&e.event_id))));
+        assert_eq!(q.get(TSK), Some(&s(type_sk(&e.event_type, &e.event_id))));
+        assert_eq!(q.get(A_QUARANTINED), Some(&n(1)));
+        assert_eq!(q.get(A_LEASE_COUNT), Some(&n(3)));
+        assert_eq!(q.get(A_LEASED_UNTIL), Some(&n(5)));
+        assert!(!q.contains_key(A_LEASE_ID) && !q.contains_key(TTL));
+        let back = item_to_event(&q, None).expect("maps back");
+        assert!(back.quarantined);
+        assert_eq!(back.lease_count, 3);
+
+        event.insert(A_QUARANTINED.to_owned(), n(1));
+        let r = requeued_inbox_entry(&event, &e.account, &e.event_id).expect("entry");
+        assert_eq!(r.get(PK), Some(&s(inbox_pk(&e.account))));
+        assert_eq!(r.get(SK), Some(&s(inbox_sk(&e.event_id))));
+        assert_eq!(r.get(TSK), Some(&s(type_sk(&e.event_type, &e.event_id))));
+        assert_eq!(r.get(A_LEASE_COUNT), Some(&n(0)));
+        for gone in [A_LEASE_ID, A_LEASED_UNTIL, A_QUARANTINED, TTL] {
+            assert!(!r.contains_key(gone), "{gone}");
+        }
+        let back = item_to_event(&r, None).expect("maps back");
+        assert_same(&e, &back);
+        assert_eq!(
+            (back.lease_count, back.leased_until, back.quarantined),
+            (0, None, false)
+        );
+    }
+
+    #[test]
+    fn item_sizes_count_names_and_values_per_attribute_kind() {
+        let one = |v: AttributeValue| item_size(&HashMap::from([("ab".to_owned(), v)]));
+        assert_eq!(one(s("xyz")), 2 + 4);
+        assert_eq!(one(n(12345)), 2 + 6);
+        assert_eq!(one(AttributeValue::B(Blob::new(vec![0; 10]))), 2 + 11);
+        assert_eq!(one(AttributeValue::Bool(true)), 2 + 1);
+        assert_eq!(
+            one(AttributeValue::M(HashMap::from([(
+                "k".to_owned(),
+                s("vv")
+            )]))),
+            2 + 3 + (1 + 1 + 3)
+        );
+        assert_eq!(
+            one(AttributeValue::L(vec![s("vv"), n(1)])),
+            2 + 3 + (1 + 3) + (1 + 2)
+        );
+        assert_eq!(
+            one(AttributeValue::Ss(vec!["a".into(), "bcd".into()])),
+            2 + 2 + 4
+        );
+        assert_eq!(one(AttributeValue::Ns(vec!["10".into()])), 2 + 3);
+        assert_eq!(
+            one(AttributeValue::Bs(vec![
+                Blob::new(vec![1, 2]),
+                Blob::new(vec![3])
+            ])),
+            2 + 3 + 2
+        );
+        let two = HashMap::from([("a".to_owned(), s("b")), ("cc".to_owned(), n(7))]);
+        assert_eq!(item_size(&two), (1 + 2) + (2 + 2));
+        // What an inbox page reads: strings and binaries as they are, 8
+        // bytes for anything else.
+        let page = HashMap::from([
+            ("a".to_owned(), s("bcd")),
+            ("bb".to_owned(), AttributeValue::B(Blob::new(vec![0; 5]))),
+            ("ccc".to_owned(), n(1)),
+        ]);
+        assert_eq!(approx_bytes(&page), (1 + 3) + (2 + 5) + (3 + 8));
+    }
+
+    #[test]
+    fn metadata_stays_inline_exactly_when_the_inbox_entry_with_it_fits() {
+        let e = new_event(r#"{"a":1}"#, r#"{"m":"some metadata"}"#, Some("s"));
+        let inline = event_items_with_limits(&e, usize::MAX, PART_BYTES);
+        assert!(inline.parts.is_empty());
+        let size = item_size(&inline.inbox);
+        let at = event_items_with_limits(&e, size, PART_BYTES);
+        assert!(at.parts.is_empty());
+        assert_eq!(at, inline);
+        let below = event_items_with_limits(&e, size - 1, 8);
+        assert_eq!(below.parts.len(), 3, "21 bytes in 8-byte parts");
+        assert_eq!(below.event.get(A_META_PARTS), Some(&n(3)));
+        assert_eq!(below.inbox.get(A_META_PARTS), Some(&n(3)));
+        assert!(!below.inbox.contains_key(A_METADATA));
+        assert_eq!(below.parts[2].get(SK), Some(&s("M#002")));
+        let joined = join_parts(&below.parts, 3).expect("joins");
+        assert_eq!(joined, e.metadata.as_str());
+        assert!(matches!(
+            join_parts(&below.parts, 2),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // Parts come back in any order.
+        let mut shuffled = below.parts.clone();
+        shuffled.reverse();
+        assert_eq!(join_parts(&shuffled, 3).expect("joins"), joined);
+        assert_eq!(split_text("ab", 1), vec!["ab"], "never below 4 bytes");
+        assert_eq!(split_text("", 4), Vec::<&str>::new());
+        assert_eq!(split_text("aaéé", 4), vec!["aaé", "é"]);
+    }
+
+    #[test]
+    fn attributes_of_the_wrong_kind_are_corrupt_not_defaults() {
+        let it = HashMap::from([
+            ("s".to_owned(), s("text")),
+            ("n".to_owned(), n(1_700_000_000_000)),
+            ("bad".to_owned(), AttributeValue::N("x".into())),
+            ("far".to_owned(), n(i64::MAX)),
+        ]);
+        assert_eq!(get_s(&it, "s", "w").expect("s"), "text");
+        assert!(get_s(&it, "n", "w").is_err() && get_s(&it, "none", "w").is_err());
+        assert_eq!(get_opt_s(&it, "s", "w").expect("s"), Some("text"));
+        assert_eq!(get_opt_s(&it, "none", "w").expect("absent"), None);
+        assert!(get_opt_s(&it, "n", "w").is_err());
+        assert_eq!(
+            get_opt_n(&it, "n", "w").expect("n"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(get_opt_n(&it, "none", "w").expect("absent"), None);
+        assert!(get_opt_n(&it, "bad", "w").is_err() && get_opt_n(&it, "s", "w").is_err());
+        assert_eq!(get_n(&it, "n", "w").expect("n"), 1_700_000_000_000);
+        assert!(get_n(&it, "none", "w").is_err());
+        let t = DateTime::from_timestamp_millis(1_700_000_000_000).expect("valid");
+        assert_eq!(get_ms(&it, "n", "w").expect("ms"), t);
+        assert_eq!(get_opt_ms(&it, "n", "w").expect("ms"), Some(t));
+        assert_eq!(get_opt_ms(&it, "none", "w").expect("absent"), None);
+        assert!(get_ms(&it, "far", "w").is_err() && get_opt_ms(&it, "far", "w").is_err());
+        let parts = HashMap::from([(A_META_PARTS.to_owned(), n(2))]);
+        assert_eq!(meta_parts(&parts).expect("count"), 2);
+        assert_eq!(meta_parts(&it).expect("none"), 0);
+        assert!(meta_parts(&HashMap::from([(A_META_PARTS.to_owned(), n(-1))])).is_err());
+    }
+
+    #[test]
+    fn dedup_records_and_secrets_round_trip() {
+        let e = new_event("{}", "{}", None);
+        let fp = Fingerprint([1; 32]);
+        let expires = DateTime::from_timestamp_millis(1_700_000_000_001).expect("valid");
+        let d = dedup_item(&e, &fp, &expires);
+        assert_eq!(d.get(PK), Some(&s(dedup_pk(&e.account, &fp))));
+        assert_eq!(d.get(SK), Some(&s(DEDUP_SK)));
+        assert_eq!(d.get(TTL), Some(&n(1_700_000_001)));
+        assert_eq!(
+            dedup_original(&d).expect("original"),
+            (e.event_id, e.timestamp)
+        );
+        let value = [7u8; 32];
+        let it = secret_item("cursor", &value);
+        assert_eq!(it.get(PK), Some(&s("SECRET#cursor")));
+        assert_eq!(secret_from_item(&it).expect("secret"), value);
+        let short = HashMap::from([(
+            S_VALUE.to_owned(),
+            AttributeValue::B(Blob::new(vec![7; 31])),
+        )]);
+        assert!(secret_from_item(&short).is_err());
+        assert!(secret_from_item(&HashMap::new()).is_err());
+    }
+
     /// Arbitrary JSON text: nested objects/arrays, strings with any chars,
     /// numbers with any digits (kept verbatim thanks to arbitrary_precision).
     fn json_value() -> impl Strategy<Value = String> {
