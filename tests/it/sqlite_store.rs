@@ -1,7 +1,9 @@
 //! The embedded store's own behaviour below the HTTP layer: under failure
 //! (a disk budget running out mid-batch), and its file format across
 //! versions (a file written by version 1, before leases, is upgraded in
-//! place and keeps working).
+//! place through every later version and keeps working; the upgrade from
+//! version 3, which moves payloads to `event_bodies`, is checked row by row
+//! in `src/store/sqlite.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,7 +198,7 @@ async fn a_version_1_file_is_upgraded_in_place_and_its_events_can_be_leased() {
     }
 
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     let q = InboxQuery {
         after: None,
         event_type: None,
@@ -246,7 +248,7 @@ async fn a_version_1_file_is_upgraded_in_place_and_its_events_can_be_leased() {
 
     // Opening it again changes nothing; the data is all there.
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     assert!(store.inbox(&acct, &q).await.unwrap().events.is_empty());
     // Version 3's idempotency records work on the upgraded file.
     let claim = triggers_api::store::IdempotencyClaim {
@@ -274,11 +276,11 @@ async fn a_version_1_file_is_upgraded_in_place_and_its_events_can_be_leased() {
     // A file from a newer version is refused, not rewritten.
     rusqlite::Connection::open(&path)
         .unwrap()
-        .pragma_update(None, "user_version", 4)
+        .pragma_update(None, "user_version", 5)
         .unwrap();
     assert!(matches!(
         SqliteStore::open(&path),
         Err(StoreError::Corrupt { .. })
     ));
-    assert_eq!(user_version(&path), 4);
+    assert_eq!(user_version(&path), 5);
 }
