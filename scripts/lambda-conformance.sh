@@ -150,7 +150,7 @@ rc=${PIPESTATUS[0]}
 set -e
 
 step "the function's cold starts (\"function initialised\")"
-grep -h '"function initialised"' "$log" | python3 -c '
+grep -a -h '"function initialised"' "$log" | python3 -c '
 import json, sys
 for line in sys.stdin:
     line = line[line.index("{"):]
