@@ -25,13 +25,15 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::{header, HeaderValue};
 use axum::Router;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -63,7 +65,7 @@ struct Conn {
     /// request head began to arrive while no request was under way.
     head_since: AtomicU64,
     /// Chosen to make room for a new connection (closing).
-    evicted: std::sync::atomic::AtomicBool,
+    evicted: AtomicBool,
     evict: Notify,
     /// A request head began to arrive: the watchdog's deadline changed.
     head_started: Notify,
@@ -76,7 +78,7 @@ impl Conn {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
-            evicted: std::sync::atomic::AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
             evict: Notify::new(),
             head_started: Notify::new(),
         };
@@ -188,6 +190,36 @@ impl AsyncWrite for Tracked {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// A request body that notes when it has been read to its end.
+struct ReadToEnd {
+    inner: Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let out = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(out, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -363,10 +395,27 @@ async fn run_connection(
             let in_flight = InFlight(conn.clone());
             req.extensions_mut().insert(ClientAddr(peer));
             let app = app.clone();
+            let read = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+            let req = req.map(|inner| {
+                Body::new(ReadToEnd {
+                    inner,
+                    read: read.clone(),
+                })
+            });
             // Boxed: `poll_without_shutdown` needs an `Unpin` future.
             Box::pin(async move {
-                let resp = app.oneshot(req.map(Body::new)).await;
+                let mut resp = app.oneshot(req).await;
                 drop(in_flight);
+                if let Ok(resp) = &mut resp {
+                    if !read.load(Ordering::Acquire) {
+                        // Answered before its body was read (413, 403, 401…):
+                        // hyper closes the connection after this answer, and
+                        // says so, so that no client sends its next request
+                        // on a connection that is going away.
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
                 resp
             })
         })

@@ -594,3 +594,46 @@ async fn a_client_still_sending_a_refused_body_reads_the_answer_not_a_reset() {
         resets.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_before_its_body_was_read_says_connection_close() {
+    // The connection closes after such an answer; a client that is not told
+    // so sends its next request on it and loses that request.
+    let app = TestApp::start(Backend::Sqlite).await;
+    let viewer = app.key("acme", Role::Viewer).await;
+    let creator = app.key("acme", Role::Creator).await;
+    let client = reqwest::Client::new(); // pooled: reuses connections
+    for i in 0..20 {
+        let resp = client
+            .post(app.url("/events"))
+            .bearer_auth(&viewer)
+            .header("content-type", "application/json")
+            .body(vec![b' '; 600 * 1024])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {i}, oversize POST: {e:?}"));
+        assert_eq!(resp.headers()["connection"], "close");
+        problem(resp, 403, "FORBIDDEN").await;
+        let next = client
+            .delete(app.url("/events/not-an-event-id"))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {i}, the request after it: {e:?}"));
+        problem(next, 403, "FORBIDDEN").await;
+    }
+    // A request whose body was read keeps its connection open.
+    let ok = client
+        .post(app.url("/events"))
+        .bearer_auth(&creator)
+        .json(&json!({"event_type": "t", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+    assert!(
+        ok.headers().get("connection").is_none(),
+        "{:?}",
+        ok.headers()
+    );
+}
