@@ -41,14 +41,15 @@ impl AppState {
         account: &AccountId,
         req: CreateEvent,
     ) -> Result<Ingested, StoreError> {
+        let now = self.clock.now();
         let event = NewEvent {
-            event_id: EventId::new_v7(),
+            event_id: self.event_ids.next_id(now),
             account: account.clone(),
             event_type: req.event_type,
             payload: req.payload,
             source: req.source,
             metadata: req.metadata,
-            timestamp: trunc_ms(self.clock.now()),
+            timestamp: trunc_ms(now),
         };
         let (event_id, timestamp) = (event.event_id, event.timestamp);
         let dedup = Dedup {
@@ -127,6 +128,7 @@ impl AppState {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                biased;
                 _ = &mut shutdown => break,
                 _ = tick.tick() => match self.purge_once().await {
                     Ok(0) => {}

@@ -11,6 +11,7 @@ use crate::domain::{
 };
 
 pub mod dynamodb;
+pub mod memory;
 pub mod sqlite;
 pub mod timed;
 
@@ -126,7 +127,7 @@ pub enum KeyChange {
 /// everywhere (reads, acks), whether or not a purge has removed them yet.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// "sqlite" or "dynamodb".
+    /// "sqlite", "dynamodb" or "memory".
     fn backend(&self) -> &'static str;
 
     /// A cheap round trip proving the store answers.

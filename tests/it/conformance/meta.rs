@@ -25,6 +25,7 @@ pub async fn status_reports_ok_with_version_uptime_and_store(b: Backend) {
     let backend = match b {
         Backend::Sqlite => "sqlite",
         Backend::Dynamodb => "dynamodb",
+        Backend::Memory => "memory",
     };
     assert_eq!(
         v["store"],

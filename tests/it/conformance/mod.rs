@@ -1,6 +1,7 @@
 //! The HTTP conformance suite: every row of SPEC.md, over real HTTP, run
 //! unchanged against each backend. Each case is `async fn(Backend)`; the
-//! `suite!` macro instantiates it as `sqlite::<name>` and `dynamodb::<name>`.
+//! `suite!` macro instantiates it as `sqlite::<name>`, `dynamodb::<name>`
+//! and `memory::<name>` (the in-memory store the simulator runs on).
 
 mod auth;
 mod events;
@@ -24,6 +25,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$module::$name(crate::support::Backend::Dynamodb).await;
+                }
+            )*
+        }
+        pub mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$module::$name(crate::support::Backend::Memory).await;
                 }
             )*
         }
