@@ -101,14 +101,14 @@ impl Profile {
             max_net_delay: Duration::from_secs(2),
             dedup_window_ms: (60_000, 600_000),
             retention_ms: (3_600_000, 6 * 3_600_000),
-            purge_interval_ms: (30_000, 300_000),
+            purge_interval_ms: (5_000, 300_000),
             auth_ttl_ms: (5_000, 60_000),
             store_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
-            restart_every: Duration::from_secs(2 * 3600),
+            restart_every: Duration::from_secs(40 * 60),
             faults_every: Duration::from_secs(1800),
             partition_every: Duration::from_secs(3 * 3600),
             max_partition: Duration::from_secs(30),
@@ -227,7 +227,7 @@ impl Params {
             }
         };
         let revoke = rng.random_bool(0.7);
-        let revoke_frac = rng.random_range(0.1..0.7);
+        let revoke_frac = rng.random_range(0.05..0.5);
         Self {
             accounts: rng.random_range(2..=4),
             producers: rng.random_range(1..=3),

@@ -161,7 +161,10 @@ async fn open_store(
     cfg: &SimConfig,
 ) -> anyhow::Result<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
     Ok(match &cfg.backend {
-        Backend::Memory => (Arc::new(MemoryStore::with_seed(cfg.seed ^ 0x005e_c2e7)), None),
+        Backend::Memory => (
+            Arc::new(MemoryStore::with_seed(cfg.seed ^ 0x005e_c2e7)),
+            None,
+        ),
         Backend::Sqlite => {
             let dir = tempfile::tempdir()?;
             let store = SqliteStore::open(&dir.path().join("sim.db"))?;
@@ -308,9 +311,7 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
         cfg.steps,
         cfg.backend.deterministic(),
     ));
-    while !w.start_server().await {
-        tokio::time::sleep(params.profile.backoff).await;
-    }
+    w.start_until_up().await;
 
     // The actors.
     let mut actors: Vec<(Actor, &'static str)> = Vec::new();
@@ -365,7 +366,9 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
     };
     let n_actors = u32::try_from(actors.len() + usize::from(!wrong.is_empty())).unwrap_or(1);
     let steps = u32::try_from(cfg.steps.max(1)).unwrap_or(u32::MAX);
-    let pace = (params.profile.duration * n_actors / steps).max(Duration::from_millis(1));
+    // Each actor's mean think time, so that the op budget lasts about the
+    // run's duration (an actor's turn makes about two requests).
+    let pace = (params.profile.duration * n_actors * 2 / steps).max(Duration::from_millis(1));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     for (a, role) in actors {
         let w = w.clone();
@@ -381,10 +384,11 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
         }));
     }
     if !wrong.is_empty() {
+        // A few bursts a run.
         tasks.push(tokio::spawn(workload::wrong_secrets(
             wrong,
             w.clone(),
-            pace * 30,
+            params.profile.duration / 5,
         )));
     }
     let mut chaos: Vec<JoinHandle<()>> = Vec::new();
@@ -421,9 +425,7 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
     w.net.heal();
     rec.note(Note::Quiesce);
     if w.state().is_none() {
-        while !w.start_server().await {
-            tokio::time::sleep(params.profile.backoff).await;
-        }
+        w.start_until_up().await;
     }
     tokio::time::sleep(params.settings.request_timeout + params.settings.store_timeout).await;
     for (ai, a) in accounts.iter().enumerate() {

@@ -195,6 +195,20 @@ impl Actor {
         None
     }
 
+    /// One inbox page, no retry (a probe).
+    pub async fn inbox_page(&mut self, w: &World) {
+        let action = Action::Page {
+            walk: w.next_walk(),
+            page: 0,
+            limit: 1,
+            event_type: None,
+            cursor: None,
+            final_walk: false,
+        };
+        self.request(w, action, Req::new(Method::GET, "/inbox?limit=1"), true)
+            .await;
+    }
+
     pub async fn get(&mut self, w: &World, id: &str) {
         for attempt in 1..=3 {
             let (o, ra) = self
@@ -652,9 +666,28 @@ pub async fn producer(mut a: Actor, w: Arc<World>, pace: Duration, huge: bool) {
         n += 1;
         let big = huge && a.rng.random_bool(0.5);
         let content = a.new_content(n, big);
-        if let Some(id) = a.post(&w, content).await {
+        if let Some(id) = a.post(&w, content.clone()).await {
             if a.rng.random_bool(0.25) {
                 a.get(&w, &id).await;
+            }
+            // A careless client sends the same event again a little later,
+            // within the dedup window: it must get the original back.
+            // Sometimes just before the window closes, where a slow store
+            // call can straddle its end.
+            let window = w.params.settings.dedup_window;
+            let later = match a.rng.random_range(0..100) {
+                0..=14 => Some(window.mul_f64(a.rng.random_range(0.0..0.9))),
+                15..=19 => {
+                    let slack = (w.params.profile.max_store_latency * 2)
+                        .mul_f64(a.rng.random_range(0.0..1.0));
+                    Some(window.saturating_sub(slack))
+                }
+                _ => None,
+            };
+            if let Some(later) = later {
+                if w.pause(later).await {
+                    a.post(&w, content).await;
+                }
             }
         }
     }
@@ -803,10 +836,10 @@ pub async fn wrong_secrets(mut sources: Vec<Actor>, w: Arc<World>, pace: Duratio
         return;
     };
     let keys: Vec<String> = w.keys.iter().map(|k| k.key_id.clone()).collect();
-    while lead.think(&w, pace).await {
+    while w.pause(exp(&mut lead.rng, pace)).await {
         let key_id = keys[lead.rng.random_range(0..keys.len())].clone();
         let n_sources = lead.rng.random_range(1..=sources.len().max(1));
-        let each: u32 = lead.rng.random_range(30..=150) / u32::try_from(n_sources).unwrap_or(1);
+        let each: u32 = lead.rng.random_range(20..=100) / u32::try_from(n_sources).unwrap_or(1);
         let attempts = each * u32::try_from(n_sources).unwrap_or(1);
         let (instance, before) = w.bcrypt_runs();
         let mut tasks = Vec::new();
@@ -941,22 +974,49 @@ pub async fn partitions(w: Arc<World>, mut rng: ChaCha8Rng) {
     }
 }
 
-/// Revokes `label`'s key at `at` (the admin path, no faults).
+/// Revokes `label`'s key at `at` (the admin path, no faults), with a probe
+/// on that key just before, within the auth cache TTL after (may still
+/// work) and just past it (must be 403).
 pub async fn revoke(w: Arc<World>, at: Duration, label: String) {
-    if !w.pause(at).await {
-        return;
-    }
-    let Some(key) = w.key(&label) else {
+    let Some(key) = w.key(&label).cloned() else {
         return;
     };
+    let mut probe = Actor::new(
+        &w,
+        &format!("{label}-probe"),
+        &key.account,
+        Some(&key),
+        1,
+        41,
+    );
+    let ttl = w.params.settings.auth.cache_ttl;
+    let lead = Duration::from_secs(1).min(at);
+    if !w.pause(at - lead).await {
+        return;
+    }
+    probe.inbox_page(&w).await;
+    if !w.pause(lead).await {
+        return;
+    }
     let Some(id) = triggers_api::domain::KeyId::parse(&key.key_id) else {
         return;
     };
     if w.admin
         .update_key(&id, KeyChange::Status(KeyStatus::Revoked))
         .await
-        .is_ok()
+        .is_err()
     {
-        w.rec.note(Note::Revoked { label });
+        return;
+    }
+    w.rec.note(Note::Revoked { label });
+    for wait in [
+        ttl / 2,
+        ttl - ttl / 2 + Duration::from_millis(1),
+        Duration::from_secs(1),
+    ] {
+        if !w.pause(wait).await {
+            return;
+        }
+        probe.inbox_page(&w).await;
     }
 }

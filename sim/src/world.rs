@@ -126,6 +126,9 @@ struct Running {
 pub struct Server {
     running: Mutex<Option<Running>>,
     instances: AtomicU64,
+    /// Instances that started (an instance whose start-up store read
+    /// failed never served).
+    started: AtomicU64,
     /// bcrypt runs of instances that are gone.
     past_runs: AtomicU64,
 }
@@ -189,6 +192,7 @@ impl World {
             server: Server {
                 running: Mutex::new(None),
                 instances: AtomicU64::new(0),
+                started: AtomicU64::new(0),
                 past_runs: AtomicU64::new(0),
             },
             keys,
@@ -285,6 +289,7 @@ impl World {
                 return false;
             }
         };
+        self.server.started.fetch_add(1, Ordering::Relaxed);
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
@@ -317,7 +322,18 @@ impl World {
         });
     }
 
-    /// A rolling restart: a new instance starts, then the old one drains.
+    /// Starts an instance, trying again (backing off up to a minute, as a
+    /// supervisor would) while its start-up store read fails.
+    pub async fn start_until_up(&self) {
+        let mut delay = self.params.profile.backoff;
+        while !self.start_server().await {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.params.profile.backoff * 120);
+        }
+    }
+
+    /// A rolling restart: a new instance starts, then the old one drains
+    /// (if the new one cannot start, the old one keeps serving).
     pub async fn restart_graceful(&self) {
         let instance = self.running().as_ref().map_or(0, |r| r.instance);
         self.rec.note(Note::Restart {
@@ -325,10 +341,13 @@ impl World {
             instance,
         });
         self.restarted();
-        let mut tries = 0;
-        while !self.start_server().await && tries < 20 {
-            tries += 1;
-            tokio::time::sleep(self.params.profile.backoff).await;
+        let mut delay = self.params.profile.backoff;
+        for _ in 0..5 {
+            if self.start_server().await {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
         }
     }
 
@@ -348,9 +367,7 @@ impl World {
         }
         self.restarted();
         tokio::time::sleep(downtime).await;
-        while !self.start_server().await {
-            tokio::time::sleep(self.params.profile.backoff).await;
-        }
+        self.start_until_up().await;
     }
 
     fn restarted(&self) {
@@ -384,7 +401,8 @@ impl World {
         self.server.past_runs.load(Ordering::Relaxed) + self.bcrypt_runs().1
     }
 
+    /// Instances that started and served.
     pub fn instances(&self) -> u64 {
-        self.server.instances.load(Ordering::Relaxed)
+        self.server.started.load(Ordering::Relaxed)
     }
 }
