@@ -119,7 +119,7 @@ impl Profile {
 
     pub fn real_seconds() -> Self {
         Self {
-            duration: Duration::from_secs(8),
+            duration: Duration::from_secs(6),
             client_timeout: Duration::from_secs(4),
             max_store_latency: Duration::from_millis(60),
             max_net_delay: Duration::from_millis(50),

@@ -68,12 +68,18 @@ impl Network {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A listener at [`SERVER_ADDR`]; new connections go to it from now on
-    /// (an instance still draining keeps the connections it has).
-    pub fn listen(&self) -> SimListener {
+    /// A listener at [`SERVER_ADDR`] and the route to it: connections go
+    /// to it once [`Network::route`] is called with the route (after the
+    /// instance started; an instance still draining keeps the connections
+    /// it has).
+    pub fn listener(&self) -> (SimListener, Route) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().server = Some(tx);
-        SimListener { rx }
+        (SimListener { rx }, Route(tx))
+    }
+
+    /// New connections go to this listener from now on.
+    pub fn route(&self, route: Route) {
+        self.lock().server = Some(route.0);
     }
 
     /// Opens a connection from `from`; refused when no server listens.
@@ -122,6 +128,9 @@ impl Network {
         (s.connections, s.refused)
     }
 }
+
+/// Where new connections go (see [`Network::listener`]).
+pub struct Route(mpsc::UnboundedSender<Incoming>);
 
 /// The server side of the simulated network, for `serve_with`.
 pub struct SimListener {

@@ -427,7 +427,9 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
     if w.state().is_none() {
         w.start_until_up().await;
     }
-    tokio::time::sleep(params.settings.request_timeout + params.settings.store_timeout).await;
+    // Nothing is in flight on the client side; what may linger in the
+    // server is a store call (the purge loop's) within its budget.
+    tokio::time::sleep(params.settings.store_timeout * 2).await;
     for (ai, a) in accounts.iter().enumerate() {
         let label = format!("{a}-c0");
         let mut checker = Actor::new(
@@ -441,7 +443,7 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
         checker.walk(&w, 200, None, true, 0.0, 0.0).await;
     }
     // Everything closed: nothing may be left running in the server.
-    tokio::time::sleep(params.profile.client_timeout).await;
+    tokio::time::sleep(params.profile.backoff * 4).await;
     if let Some(state) = w.state() {
         rec.note(Note::Resource {
             what: "bcrypt runs under way",

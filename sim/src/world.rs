@@ -274,12 +274,13 @@ impl World {
                 triggers_api::auth::on_blocking_pool
             },
         };
+        let (listener, route) = self.net.listener();
         let built = Application::build_on(
             self.store.clone(),
             self.clock.clone(),
             self.params.settings.clone(),
             providers,
-            self.net.listen(),
+            listener,
         )
         .await;
         let app = match built {
@@ -289,6 +290,7 @@ impl World {
                 return false;
             }
         };
+        self.net.route(route);
         self.server.started.fetch_add(1, Ordering::Relaxed);
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
