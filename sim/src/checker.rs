@@ -40,6 +40,8 @@
 //!   header-read timeout; `shutdown-bounded`: a graceful stop slower than
 //!   its grace plus the store budget; `resource-leak`: bcrypt runs or
 //!   connections still open after the run.
+//! - `status`: `/status` answered 200 "ok" while the store was in an
+//!   outage (every call failing) from before the request to after it.
 //! - `double-lease`: an event under two unexpired leases (checked on lease
 //!   records; the workload sends none until the lease routes exist).
 
@@ -992,7 +994,47 @@ impl<'a> Checker<'a> {
                 _ => {}
             }
         }
+        // Outages: from a "faults: outage" note to the next faults note.
+        let mut outages: Vec<(usize, usize)> = Vec::new();
+        let mut open: Option<usize> = None;
+        for (i, _, note) in self.h.notes() {
+            if let Note::Faults { level } = note {
+                if let Some(start) = open.take() {
+                    outages.push((start, i));
+                }
+                if *level == "outage" {
+                    open = Some(i);
+                }
+            }
+        }
+        if let Some(start) = open {
+            outages.push((start, usize::MAX));
+        }
         let calls: Vec<_> = self.h.all_calls().collect();
+        for call in &calls {
+            if let (Action::Status, Some(Outcome::Status { status: 200, .. })) =
+                (call.action, call.outcome)
+            {
+                let during = outages
+                    .iter()
+                    .find(|(s, e)| *s < call.inv && call.done < *e)
+                    .map(|(s, _)| *s);
+                if let Some(start) = during {
+                    self.violation(
+                        "status",
+                        format!(
+                            "op #{}: /status answered 200 while every store call was failing",
+                            call.id
+                        ),
+                        [call.id],
+                        [],
+                    );
+                    if let Some(v) = self.out.last_mut() {
+                        v.notes.insert(start);
+                    }
+                }
+            }
+        }
         for call in calls {
             let bound = self.cfg.header_timeout_ms + 1000;
             match (call.action, call.outcome) {

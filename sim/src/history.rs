@@ -96,6 +96,8 @@ pub enum Action {
     LeaseSettle { lease_id: String, release: bool },
     /// A connection that sends half a request head and stalls.
     SlowHead,
+    /// GET /status (no key).
+    Status,
 }
 
 /// What came back.
@@ -626,6 +628,9 @@ fn render(actors: &[ActorInfo], e: &Entry, idx: usize, focus: Option<&BTreeSet<S
                 }
                 Action::SlowHead => {
                     let _ = write!(out, "half a request head, then nothing");
+                }
+                Action::Status => {
+                    let _ = write!(out, "GET /status");
                 }
             }
         }

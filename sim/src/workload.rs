@@ -550,6 +550,11 @@ struct PageDto<'a> {
 }
 
 #[derive(Deserialize)]
+struct StatusDto {
+    status: String,
+}
+
+#[derive(Deserialize)]
 struct ProblemDto {
     code: Option<String>,
 }
@@ -617,6 +622,14 @@ pub fn interpret(action: &Action, answer: Answer) -> (Outcome, Option<u64>) {
                 .and_then(|e| seen(&e))
                 .map(Outcome::Event),
             (Action::Ack { .. }, 204) => Some(Outcome::Acked),
+            (Action::Status, 200 | 503) => {
+                serde_json::from_slice::<StatusDto>(&body)
+                    .ok()
+                    .map(|s| Outcome::Status {
+                        status,
+                        code: s.status,
+                    })
+            }
             _ => None,
         };
     let outcome = parsed.unwrap_or_else(|| Outcome::Status {
@@ -728,10 +741,14 @@ pub async fn viewer(mut a: Actor, w: Arc<World>, pace: Duration) {
                 let limit = [1, 7, 50][a.rng.random_range(0..3)];
                 a.walk(&w, limit, event_type, false, 0.0, 0.0).await;
             }
-            45..=79 => {
+            45..=69 => {
                 if let Some(id) = known {
                     a.get(&w, &id).await;
                 }
+            }
+            70..=79 => {
+                a.request(&w, Action::Status, Req::new(Method::GET, "/status"), false)
+                    .await;
             }
             80..=89 => {
                 let tag = a.rng.next_u64();

@@ -500,3 +500,25 @@ fn no_event_is_under_two_unexpired_leases() {
     h.at(99_000).page(3, 1, vec![seen("e1", 1, 1)], true);
     assert_eq!(h.invariants(), Vec::<&str>::new());
 }
+
+#[test]
+fn status_is_not_ok_while_every_store_call_fails() {
+    let ok = || Outcome::Status {
+        status: 200,
+        code: "ok".into(),
+    };
+    let mut h = H::new();
+    h.note(Note::Faults { level: "outage" });
+    h.call(2, Action::Status, ok());
+    h.call(
+        2,
+        Action::Status,
+        Outcome::Status {
+            status: 503,
+            code: "degraded".into(),
+        },
+    );
+    h.note(Note::Faults { level: "off" });
+    h.call(2, Action::Status, ok());
+    assert_eq!(h.invariants(), ["status"]);
+}
