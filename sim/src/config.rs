@@ -10,6 +10,7 @@ use triggers_api::auth::AuthConfig;
 use triggers_api::config::{ServeConfig, Settings};
 
 use crate::broken::Broken;
+use crate::faults::Level;
 
 /// Where the data lives in a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +102,7 @@ impl Profile {
             max_net_delay: Duration::from_secs(2),
             dedup_window_ms: (60_000, 600_000),
             retention_ms: (3_600_000, 6 * 3_600_000),
-            purge_interval_ms: (5_000, 300_000),
+            purge_interval_ms: (1_000, 300_000),
             auth_ttl_ms: (5_000, 60_000),
             store_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
@@ -170,12 +171,24 @@ pub struct Params {
     /// Requests per minute of the one low-limit key (rate limits bite).
     pub low_rate_limit: u32,
     pub net: NetRates,
+    /// Every store call takes up to this long (0: none).
+    pub store_latency: Duration,
+    /// The store's level between fault phases: `Off`, or `Slow` for a
+    /// store in a long brownout (swarm testing: some seeds run in a
+    /// harsher world than others).
+    pub baseline: Level,
     pub max_attempts: u32,
     pub epoch_ms: i64,
 }
 
 fn between(rng: &mut ChaCha8Rng, (lo, hi): (u64, u64)) -> Duration {
     Duration::from_millis(rng.random_range(lo..=hi))
+}
+
+/// Log-uniform: short values as likely as long ones, decade for decade.
+fn log_between(rng: &mut ChaCha8Rng, (lo, hi): (u64, u64)) -> Duration {
+    let (lo, hi) = ((lo.max(1) as f64).ln(), (hi.max(1) as f64).ln());
+    Duration::from_millis(rng.random_range(lo..=hi).exp() as u64)
 }
 
 impl Params {
@@ -192,7 +205,7 @@ impl Params {
         let settings = Settings {
             dedup_window: between(&mut rng, profile.dedup_window_ms),
             delivered_retention: between(&mut rng, profile.retention_ms),
-            purge_interval: between(&mut rng, profile.purge_interval_ms),
+            purge_interval: log_between(&mut rng, profile.purge_interval_ms),
             store_timeout: profile.store_timeout,
             request_timeout: profile.request_timeout,
             max_page_bytes: [64 * 1024, 256 * 1024, 1024 * 1024][rng.random_range(0..3)],
@@ -240,6 +253,16 @@ impl Params {
             revoke_at: revoke.then(|| profile.duration.mul_f64(revoke_frac)),
             low_rate_limit: rng.random_range(20..=60),
             net,
+            baseline: if faults && rng.random_bool(0.2) {
+                Level::Slow
+            } else {
+                Level::Off
+            },
+            store_latency: [
+                Duration::ZERO,
+                Duration::from_millis(2),
+                Duration::from_millis(20),
+            ][rng.random_range(0..3)],
             max_attempts: 6,
             epoch_ms: 1_893_456_000_000 + rng.random_range(0..365 * 86_400_000),
             profile,

@@ -4,6 +4,10 @@
 //! outcome is unknown), be slow, hang past the store budget (before or after
 //! the write: `Timed` must answer 503), or be throttled. How often depends
 //! on the current [`Level`], which the run's chaos schedule moves.
+//!
+//! Besides faults, every call takes a little time, as any real store's
+//! does (up to a per-run maximum, possibly zero): requests then overlap
+//! inside the service instead of each running to its end in one go.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,9 @@ pub enum Level {
     Off,
     Light,
     Heavy,
+    /// A brownout: every call is slow (a saturated disk, a throttled
+    /// table), none fails.
+    Slow,
     /// Every call fails.
     Outage,
 }
@@ -36,6 +43,7 @@ impl Level {
             Level::Off => "off",
             Level::Light => "light",
             Level::Heavy => "heavy",
+            Level::Slow => "slow",
             Level::Outage => "outage",
         }
     }
@@ -68,14 +76,19 @@ struct State {
     counts: FaultCounts,
 }
 
+/// The time one call takes besides faults: up to this (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct BaseLatency(pub Duration);
+
 /// The fault schedule's state, shared by the decorator and the chaos actor.
 pub struct FaultControl {
     state: Mutex<State>,
     max_latency: Duration,
+    base: BaseLatency,
 }
 
 impl FaultControl {
-    pub fn new(seed: u64, max_latency: Duration) -> Self {
+    pub fn new(seed: u64, max_latency: Duration, base: BaseLatency) -> Self {
         Self {
             state: Mutex::new(State {
                 rng: ChaCha8Rng::seed_from_u64(seed),
@@ -83,7 +96,17 @@ impl FaultControl {
                 counts: FaultCounts::default(),
             }),
             max_latency,
+            base,
         }
+    }
+
+    /// How long this call takes besides faults.
+    fn base_latency(&self) -> Duration {
+        let max = u64::try_from(self.base.0.as_micros()).unwrap_or(0);
+        if max == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.lock().rng.random_range(0..=max))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -109,6 +132,7 @@ impl FaultControl {
             Level::Off => return Fault::None,
             Level::Light => [15, 15, 80, 5, 15],
             Level::Heavy => [80, 80, 200, 30, 80],
+            Level::Slow => [0, 0, 1000, 0, 0],
             Level::Outage => [1000, 0, 0, 0, 0],
         };
         let after = if write { after } else { 0 };
@@ -165,6 +189,10 @@ impl FaultyStore {
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let base = self.control.base_latency();
+        if !base.is_zero() {
+            tokio::time::sleep(base).await;
+        }
         match self.control.decide(false) {
             Fault::FailBefore | Fault::FailAfter => Err(StoreError::unavailable(
                 "injected: connection refused (sim)",
@@ -186,6 +214,10 @@ impl FaultyStore {
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let base = self.control.base_latency();
+        if !base.is_zero() {
+            tokio::time::sleep(base).await;
+        }
         match self.control.decide(true) {
             Fault::FailBefore => Err(StoreError::unavailable(
                 "injected: connection refused before the write (sim)",

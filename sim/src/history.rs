@@ -181,6 +181,10 @@ impl Outcome {
 /// What happened around the clients.
 #[derive(Debug, Clone)]
 pub enum Note {
+    /// What the seed chose for the service (first entry of a history).
+    Settings {
+        text: String,
+    },
     Key {
         label: String,
         key_id: String,
@@ -706,6 +710,7 @@ fn render(actors: &[ActorInfo], e: &Entry, idx: usize, focus: Option<&BTreeSet<S
         Entry::Note { t, note } => {
             let _ = write!(out, "{idx:>6} {} {:<14} ", fmt_time(*t), "--");
             let _ = match note {
+                Note::Settings { text } => write!(out, "settings: {text}"),
                 Note::Key {
                     label,
                     key_id,

@@ -21,7 +21,7 @@ use crate::broken::{Broken, BrokenStore};
 use crate::checker::{check, CheckConfig, Violation};
 use crate::config::{Backend, Params, SimConfig};
 use crate::env::SimClock;
-use crate::faults::{FaultControl, FaultCounts, FaultyStore, Level};
+use crate::faults::{BaseLatency, FaultControl, FaultCounts, FaultyStore, Level};
 use crate::history::{fmt_time, History, Kind, Note, Recorder};
 use crate::workload::{self, Actor, ConsumerProtocol};
 use crate::world::{create_key, SimKey, World};
@@ -194,6 +194,24 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
         .ok_or_else(|| anyhow::anyhow!("epoch out of range"))?;
     let clock = Arc::new(SimClock::new(epoch));
     let rec = Recorder::new(clock.clone());
+    {
+        let s = &params.settings;
+        rec.note(Note::Settings {
+            text: format!(
+                "dedup window {:?}, retention {:?}, purge every {:?}, auth cache {:?}, store budget {:?}, store calls up to {:?} (between fault phases: {}), page bound {} bytes, {} connections, {} accounts",
+                s.dedup_window,
+                s.delivered_retention,
+                s.purge_interval,
+                s.auth.cache_ttl,
+                s.store_timeout,
+                params.store_latency,
+                params.baseline.name(),
+                s.max_page_bytes,
+                s.http.max_connections,
+                params.accounts
+            ),
+        });
+    }
     let (raw, _dir) = open_store(cfg).await?;
     let broken = cfg
         .broken
@@ -205,6 +223,12 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
     let faults = Arc::new(FaultControl::new(
         cfg.seed ^ 0xfa17,
         params.profile.max_store_latency,
+        BaseLatency(if cfg.backend.deterministic() {
+            params.store_latency
+        } else {
+            // A real store takes its own time.
+            Duration::ZERO
+        }),
     ));
     let store: Arc<dyn Store> = Arc::new(FaultyStore::new(under, faults.clone()));
 
@@ -311,6 +335,12 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
         cfg.steps,
         cfg.backend.deterministic(),
     ));
+    faults.set(params.baseline);
+    if params.baseline != Level::Off {
+        rec.note(Note::Faults {
+            level: params.baseline.name(),
+        });
+    }
     w.start_until_up().await;
 
     // The actors.

@@ -688,18 +688,32 @@ pub async fn producer(mut a: Actor, w: Arc<World>, pace: Duration, huge: bool) {
             // Sometimes just before the window closes, where a slow store
             // call can straddle its end.
             let window = w.params.settings.dedup_window;
-            let later = match a.rng.random_range(0..100) {
+            let roll = a.rng.random_range(0..100);
+            let edge = (15..=24).contains(&roll);
+            let later = match roll {
                 0..=14 => Some(window.mul_f64(a.rng.random_range(0.0..0.9))),
-                15..=19 => {
-                    let slack = (w.params.profile.max_store_latency * 2)
-                        .mul_f64(a.rng.random_range(0.0..1.0));
-                    Some(window.saturating_sub(slack))
+                15..=24 => {
+                    // Log-uniform from 1 ms: as likely a millisecond
+                    // before the end as a second.
+                    let max = (w.params.profile.max_store_latency * 2).as_secs_f64();
+                    let slack = a.rng.random_range(0.001f64.ln()..max.max(0.002).ln()).exp();
+                    Some(window.saturating_sub(Duration::from_secs_f64(slack)))
                 }
                 _ => None,
             };
             if let Some(later) = later {
                 if w.pause(later).await {
-                    a.post(&w, content).await;
+                    a.post(&w, content.clone()).await;
+                }
+                // At the edge, an impatient client tries a few more times.
+                if edge {
+                    for _ in 0..a.rng.random_range(0..4) {
+                        let gap = Duration::from_millis(a.rng.random_range(0..300));
+                        if !w.pause(gap).await {
+                            break;
+                        }
+                        a.post(&w, content.clone()).await;
+                    }
                 }
             }
         }
@@ -955,8 +969,9 @@ pub async fn store_faults(w: Arc<World>, mut rng: ChaCha8Rng) {
     let p = w.params.profile.clone();
     while w.pause(exp(&mut rng, p.faults_every)).await {
         let level = match rng.random_range(0..100) {
-            0..=54 => Level::Light,
-            55..=89 => Level::Heavy,
+            0..=44 => Level::Light,
+            45..=69 => Level::Heavy,
+            70..=89 => Level::Slow,
             _ => Level::Outage,
         };
         w.faults.set(level);
@@ -965,8 +980,10 @@ pub async fn store_faults(w: Arc<World>, mut rng: ChaCha8Rng) {
         });
         let span = exp(&mut rng, p.faults_every / 4);
         let more = w.pause(span).await;
-        w.faults.set(Level::Off);
-        w.rec.note(Note::Faults { level: "off" });
+        w.faults.set(w.params.baseline);
+        w.rec.note(Note::Faults {
+            level: w.params.baseline.name(),
+        });
         if !more {
             break;
         }

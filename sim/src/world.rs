@@ -152,8 +152,8 @@ pub struct World {
     pub keys: Vec<SimKey>,
     pub steps: usize,
     pub end: Instant,
-    /// Virtual time on one thread (the memory backend): bcrypt runs as a
-    /// task of the runtime. Otherwise on the blocking pool, as in production.
+    /// Virtual time on one thread (the memory backend): seeded event ids,
+    /// bcrypt as a task of the runtime. Otherwise production's providers.
     pub deterministic: bool,
     sends: AtomicU64,
     walks: AtomicU64,
@@ -266,13 +266,15 @@ impl World {
     pub async fn start_server(&self) -> bool {
         let instance = u32::try_from(self.server.instances.fetch_add(1, Ordering::Relaxed) + 1)
             .unwrap_or(u32::MAX);
-        let providers = Providers {
-            event_ids: self.ids.clone(),
-            check_runner: if self.deterministic {
-                check_on_runtime
-            } else {
-                triggers_api::auth::on_blocking_pool
-            },
+        // A deterministic run injects its ids and runs bcrypt on its own
+        // thread; a real-time run uses production's.
+        let providers = if self.deterministic {
+            Providers {
+                event_ids: self.ids.clone(),
+                check_runner: check_on_runtime,
+            }
+        } else {
+            Providers::default()
         };
         let (listener, route) = self.net.listener();
         let built = Application::build_on(

@@ -9,6 +9,7 @@
 
 mod cli;
 mod conformance;
+mod dedup_edge;
 mod dynamodb_store;
 mod fixtures;
 mod hardening;
