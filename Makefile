@@ -9,7 +9,7 @@ STEPS    ?= 2000
 DURATION ?= 60s
 ARGS     ?=
 
-.PHONY: help run build key test test-quick lint fmt clippy bench loadtest hotpath sim sim-long dynamodb-local dynamodb-local-stop clean
+.PHONY: help run build key tail test test-quick test-localstack lint fmt clippy bench loadtest hotpath sim sim-long dynamodb-local dynamodb-local-stop clean conformance
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -29,8 +29,23 @@ test: ## everything CI checks: fmt, clippy, unit + conformance (SQLite, DynamoDB
 
 test-quick: ## the test suite without DynamoDB (SQLite and the in-memory store; DynamoDB tests are excluded, loudly), and the simulator's tests
 	$(CARGO) test -- --skip conformance::dynamodb:: --skip dynamodb_store:: \
-	  --skip works_on_dynamodb --skip unreachable_dynamodb
+	  --skip works_on_dynamodb --skip unreachable_dynamodb --skip deploy::dynamodb:: \
+	  --skip conformance::runner::dynamodb::
 	$(CARGO) test -p triggers-sim
+
+test-localstack: ## the DynamoDB tests on LocalStack started by testcontainers (needs a Docker engine)
+	TRIGGERS_TEST_DYNAMODB=localstack TRIGGERS_TEST_DYNAMODB_ENDPOINT= \
+	  $(CARGO) test -- conformance::dynamodb:: dynamodb_store:: deploy::dynamodb:: \
+	  conformance::runner::dynamodb::
+
+# The black-box suite against any deployment (README, "Conformance runner").
+BASE_URL ?=
+KEYS ?=
+JUNIT ?=
+conformance: build ## the conformance suite against a deployment: make conformance BASE_URL=URL KEYS=keys.env [JUNIT=report.xml]
+	@test -n "$(BASE_URL)" || { echo "give BASE_URL=the deployment's base URL (and KEYS=a keys file, or the keys in the environment)"; exit 2; }
+	./target/release/triggers-api conformance --base-url "$(BASE_URL)" \
+	  $(if $(KEYS),--keys "$(KEYS)") $(if $(JUNIT),--junit "$(JUNIT)") $(CONFORMANCE_ARGS)
 
 lint: fmt clippy ## formatting and lints
 
@@ -51,6 +66,9 @@ loadtest: ## goose load test against a server it starts itself (see docs/perform
 hotpath: ## issue 4's hot-path plan (status, ingest, ingest+inbox) with the lean client, 3 runs, medians
 	scripts/perf-runs.sh hotpath-lean --scenario hotpath --engine lean --users 32 --run-time 10
 
+tail: ## POST /events tail latency with wrk (cold/warm 64, warm 16 conns, /status), 3 runs, medians
+	scripts/tail-latency.sh
+
 sim: ## one deterministic simulated run: make sim SEED=n [STEPS=2000] [ARGS='--print-history' | '--broken drops-write' | '--backend sqlite']
 	$(CARGO) run -q -p triggers-sim -- run --seed $(SEED) --steps $(STEPS) $(ARGS)
 
@@ -67,3 +85,32 @@ dynamodb-local-stop: ## stop it
 clean:
 	$(CARGO) clean
 	rm -rf .cache/dynamodb-local/pid .cache/dynamodb-local/endpoint
+
+# --- Deployment: deploy/template.yaml, Dockerfile, docker-compose.yml ------
+# (docs/deploy.md). PyPI tools pinned in scripts/tools-requirements.txt, in a
+# venv under .cache/ (gitignored); re-installed only when that file changes.
+TOOLS_VENV  ?= .cache/tools-venv
+TOOLS_REQS  := scripts/tools-requirements.txt
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+
+.PHONY: tools lint-deploy lambda-build lambda-conformance
+
+tools: $(TOOLS_STAMP) ## pinned cfn-lint, hadolint, check-jsonschema, schemathesis, cargo-lambda in .cache/tools-venv
+
+$(TOOLS_STAMP): $(TOOLS_REQS)
+	python3 -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(TOOLS_REQS)
+	touch $@
+
+lint-deploy: tools ## cfn-lint the template, hadolint the Dockerfile, validate docker-compose.yml
+	TOOLS_VENV=$(TOOLS_VENV) scripts/lint-deploy.sh
+
+# Stripped, without the debug info the release profile keeps for profiling
+# (93 MB -> a fraction; less to load at a cold start).
+lambda-build: tools ## the Lambda zip (arm64): target/lambda/bootstrap/bootstrap.zip
+	PATH="$(abspath $(TOOLS_VENV))/bin:$$PATH" \
+	  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+	  $(CARGO) lambda build --release --arm64 --no-default-features --features lambda --bin bootstrap --output-format zip
+
+lambda-conformance: ## the conformance runner against the Lambda function under `cargo lambda watch` on DynamoDB Local (slow; not in make test)
+	TOOLS_VENV=$(TOOLS_VENV) scripts/lambda-conformance.sh

@@ -2,7 +2,8 @@
 """Medians over several load-test summaries (target/loadtest/summary-*.json
 copies, one per run): per phase and endpoint, the median of req/s, p50, p95
 and p99 across runs, with the spread (min..max), plus events created/s,
-server RSS and, for hotpath runs, the POST/s over GET /status/s ratio.
+server RSS, for hotpath runs the POST/s over GET /status/s ratio, and for
+lease runs the events acknowledged/s and what the lease tracking found.
 
     scripts/median.py target/loadtest/runs/hotpath-lean-*.json
 """
@@ -44,6 +45,17 @@ def main(paths):
                   f"p50 {fmt(get('p50_ms'), 2)} ms; p95 {fmt(get('p95_ms'), 2)} ms; "
                   f"p99 {fmt(get('p99_ms'), 2)} ms; fails {fails}")
         print(f"  events created/s {fmt(med([p['events_created_per_sec'] for p in per_run]), 0)}")
+        acked = [p.get("events_acked_per_sec", 0) for p in per_run]
+        if any(acked):
+            print(f"  events acknowledged/s {fmt(med(acked), 0)}")
+        leases = [p["leases"] for p in per_run if p.get("leases")]
+        if leases:
+            total = lambda k: sum(l[k] for l in leases)
+            print(f"  leases: {total('events_leased'):,} events leased in {len(leases)} runs, "
+                  f"{total('events_leased_again')} leased again, "
+                  f"{total('overlapping_leases')} while a lease held them, "
+                  f"{total('leased_after_ack')} after their ack, {total('stale_acks')} stale in acks, "
+                  f"{total('empty_leases')} empty lease calls")
         rss = med([p.get("server_rss_max_mib") for p in per_run])
         if rss:
             print(f"  server RSS max {fmt(rss)} MiB")

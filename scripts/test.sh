@@ -25,6 +25,13 @@ step "load-test crate: clippy -D warnings, unit tests"
 cargo clippy -p triggers-loadtest --all-targets -- -D warnings
 cargo test -p triggers-loadtest
 
+step "deploy files: cfn-lint, hadolint, compose schema (make lint-deploy)"
+make --no-print-directory lint-deploy
+
+step "the Lambda entry compiles (cargo clippy --features lambda --bin bootstrap), also as it is built: without the conformance runner"
+cargo clippy --features lambda --bin bootstrap -- -D warnings
+cargo clippy --no-default-features --features lambda --bin bootstrap -- -D warnings
+
 # The simulator is outside default-members too (its tokio test-util and
 # hyper client features must not reach the service binary).
 step "simulation crate: clippy -D warnings"
@@ -53,10 +60,19 @@ echo "DynamoDB endpoint: ${TRIGGERS_TEST_DYNAMODB_ENDPOINT}"
 step "cargo test (unit, conformance x3 backends, proptests, snapshots, CLI)"
 mkdir -p target
 log=target/test-output.log
+# The runner's reports (conformance::runner::*), summarised below.
+rm -f target/tmp/conformance-runner-*.txt target/tmp/conformance-runner-*.xml
 set +e
 cargo test --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
+
+step "schemathesis against /openapi.json (fixed seed, 60 s; one documented exception)"
+set +e
+scripts/schemathesis.sh 2>&1 | tee target/schemathesis-output.log
+st_rc=${PIPESTATUS[0]}
+set -e
+st_line="$(grep -E '^schemathesis: ' target/schemathesis-output.log | tail -1)"
 
 # Seeds for the simulation: SIM_SEEDS on the in-memory store (deterministic,
 # a simulated day each), SIM_REAL on SQLite and on DynamoDB (real time).
@@ -77,19 +93,33 @@ count() { grep -E "^test $1.* \.\.\. ok$" "$log" | wc -l | tr -d ' '; }
 sqlite=$(count 'conformance::sqlite::')
 dynamo=$(count 'conformance::dynamodb::')
 memory=$(count 'conformance::memory::')
+http_only=$(count 'conformance::http::')
 store_dynamo=$(count 'dynamodb_store::')
 failed=$(grep -cE '^test .* \.\.\. FAILED$' "$log" target/sim-test-output.log | awk -F: '{n+=$2} END {print n+0}' || true)
 sim_seeds=$(sed -nE 's/^simulation: ([0-9]+) seeds.*/\1/p' <<<"$sim_line")
 sim_violations=$(sed -nE 's/^simulation: .* ([0-9]+) violations.*/\1/p' <<<"$sim_line")
 step "Summary"
-echo "conformance suite: ${sqlite} passed against sqlite, ${dynamo} passed against dynamodb, ${memory} passed against memory (dynamodb: ${TRIGGERS_TEST_DYNAMODB_ENDPOINT})"
+echo "conformance suite: ${sqlite} passed against sqlite, ${dynamo} passed against dynamodb (${TRIGGERS_TEST_DYNAMODB_ENDPOINT}), ${memory} passed against memory, ${http_only} store-independent cases passed once"
 echo "dynamodb store tests: ${store_dynamo} passed"
+for backend in sqlite dynamodb; do
+    report=target/tmp/conformance-runner-${backend}.txt
+    if [[ -f $report ]]; then
+        echo "conformance runner on ${backend}: $(tail -1 "$report" | sed 's/^conformance: //')"
+    else
+        echo "conformance runner on ${backend}: no report"
+    fi
+done
 echo "${sim_line:-simulation: did not report}"
 echo "failed tests: ${failed}"
+echo "${st_line:-schemathesis: no result}"
 echo "wall time: $(( $(date +%s) - started )) s"
 if [[ $rc != 0 ]]; then
     echo "cargo test failed (exit $rc)"
     exit "$rc"
+fi
+if [[ $st_rc != 0 ]]; then
+    echo "schemathesis failed"
+    exit 1
 fi
 if [[ $dynamo == 0 || $dynamo != "$sqlite" ]]; then
     echo "the conformance suite must run fully against both backends (sqlite=${sqlite}, dynamodb=${dynamo})"

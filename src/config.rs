@@ -55,6 +55,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DynamoCommand,
     },
+    /// Run the black-box conformance suite against a deployment: each case
+    /// as PASS, FAIL or SKIP (with the reason), a summary, optionally a
+    /// JUnit report. Exit 0 when every case that ran passed, 1 when one
+    /// failed, 2 when the run could not start (keys missing or not what
+    /// they claim, server unreachable).
+    #[cfg(feature = "conformance")]
+    Conformance(ConformanceArgs),
     /// Exit 0 when a running server's GET /status answers 200, else 1 (a
     /// container health check that needs no shell or curl).
     Healthcheck {
@@ -69,6 +76,55 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+/// `triggers-api conformance`. The four keys come from the environment
+/// (TRIGGERS_CONFORMANCE_CREATOR_KEY, _VIEWER_KEY, _OTHER_ACCOUNT_KEY,
+/// _REVOKED_KEY) or, for those not set there, from the --keys file; never
+/// from the command line, where other users of the machine could read them.
+#[cfg(feature = "conformance")]
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Keys: a creator key of the account the run works in, a viewer key of \
+the same account, a creator key of another account, and a key revoked more than 30 s ago. \
+Create the first three with a high --rate-limit (the run makes about a thousand requests). \
+Use a test account: the run's events are acknowledged as it goes, but a consumer of the \
+account may see them meanwhile."
+)]
+pub struct ConformanceArgs {
+    /// The deployment's base URL; every request path is appended to it, so
+    /// it may end in a path prefix (http://127.0.0.1:9000/lambda-url/bootstrap).
+    #[arg(
+        long,
+        env = "TRIGGERS_CONFORMANCE_BASE_URL",
+        required_unless_present = "list"
+    )]
+    pub base_url: Option<String>,
+    /// A file of NAME=VALUE lines with the keys (the environment variable
+    /// names; # comments; a shell can source it).
+    #[arg(long, env = "TRIGGERS_CONFORMANCE_KEYS")]
+    pub keys: Option<PathBuf>,
+    /// Also write a JUnit XML report to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Run only the cases whose group::name contains this (repeatable).
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Skip the cases whose group::name contains this (repeatable).
+    #[arg(long)]
+    pub skip: Vec<String>,
+    /// A case (with its clean-up) that takes longer fails.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub case_timeout_secs: u64,
+    /// The store backend GET /status must report [default: sqlite or dynamodb].
+    #[arg(long)]
+    pub expect_backend: Option<String>,
+    /// The version / and /status must report [default: any].
+    #[arg(long)]
+    pub expect_version: Option<String>,
+    /// List the cases, and why some are skipped, without running any.
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +188,16 @@ pub enum DynamoCommand {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Make events written before leases existed leasable: writes their
+    /// availability markers (idempotent; safe while the service runs).
+    AddLeaseMarkers {
+        /// Table prefix; overrides the one in --store.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only these accounts [default: every account that has a key].
+        #[arg(long)]
+        account: Vec<String>,
+    },
 }
 
 /// Where the data lives.
@@ -190,6 +256,12 @@ pub struct StoreArgs {
     #[arg(long, global = true, env = "TRIGGERS_BCRYPT_COST", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+    /// SQLite only: a disk budget for the database file, in bytes; a write
+    /// that would grow it past the budget answers 503 (and /status turns
+    /// degraded) instead of filling the disk. Unset: no limit but the disk's.
+    #[arg(long, global = true, env = "TRIGGERS_SQLITE_MAX_DB_BYTES",
+          value_parser = clap::value_parser!(u64).range(65536..))]
+    pub sqlite_max_db_bytes: Option<u64>,
     /// Requests per minute for keys created without --rate-limit.
     #[arg(long, global = true, env = "TRIGGERS_DEFAULT_RATE_LIMIT", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -222,6 +294,16 @@ pub struct ServeArgs {
     /// Largest serialized payload, in bytes.
     #[arg(long, env = "TRIGGERS_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
     pub max_payload_bytes: usize,
+    /// Largest POST /events/batch body, in bytes (each of its events also
+    /// within --max-body-bytes and --max-payload-bytes).
+    #[arg(long, env = "TRIGGERS_MAX_BATCH_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub max_batch_body_bytes: u64,
+    /// How long the response to a request with an Idempotency-Key is kept
+    /// and replayed, in seconds (24 h).
+    #[arg(long, env = "TRIGGERS_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    pub idempotency_ttl_secs: u64,
     /// Deduplication window, in seconds.
     #[arg(long, env = "TRIGGERS_DEDUP_WINDOW_SECS", default_value_t = 300)]
     pub dedup_window_secs: u64,
@@ -239,7 +321,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIGGERS_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
     /// DynamoDB: create the tables at start if they are missing.
-    #[arg(long, env = "TRIGGERS_CREATE_TABLES")]
+    #[arg(long, env = "TRIGGERS_CREATE_TABLES",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub create_tables: bool,
     /// An inbox page ends early before the event that would take it past
     /// this many bytes of payload, metadata, type and source (every page
@@ -276,6 +359,20 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIGGERS_AUTH_BCRYPT_CONCURRENCY",
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub auth_bcrypt_concurrency: Option<u64>,
+    /// The lease that brings an event's lease count to this quarantines it
+    /// (it is never leased again until requeued).
+    #[arg(long, env = "TRIGGERS_MAX_LEASES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_leases: u32,
+    /// Most lease calls waiting for events (wait_seconds > 0) at once, in
+    /// total; past it a call answers at once with what is available.
+    #[arg(long, env = "TRIGGERS_LEASE_WAITERS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub lease_waiters: u64,
+    /// Most lease calls waiting at once per account.
+    #[arg(long, env = "TRIGGERS_LEASE_WAITERS_PER_ACCOUNT", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub lease_waiters_per_account: u64,
 }
 
 /// File descriptors kept free for everything but client connections (the
@@ -320,12 +417,24 @@ impl ServeConfig {
 pub struct Settings {
     pub max_body_bytes: usize,
     pub max_payload_bytes: usize,
+    /// The largest POST /events/batch body.
+    pub max_batch_body_bytes: usize,
+    /// How long a response kept for an Idempotency-Key is replayed.
+    pub idempotency_ttl: Duration,
     pub dedup_window: Duration,
     pub delivered_retention: Duration,
     pub store_timeout: Duration,
     pub request_timeout: Duration,
     pub max_page_bytes: usize,
     pub purge_interval: Duration,
+    /// See [`ServeArgs::max_leases`].
+    pub max_leases: u32,
+    /// Waiting lease calls at once, in total and per account.
+    pub lease_waiters: usize,
+    pub lease_waiters_per_account: usize,
+    /// How often a waiting lease call looks at the store again when nothing
+    /// woke it (events written by other instances, leases that ended).
+    pub lease_recheck: Duration,
     pub auth: AuthConfig,
     pub http: ServeConfig,
 }
@@ -335,12 +444,18 @@ impl Default for Settings {
         Self {
             max_body_bytes: 512 * 1024,
             max_payload_bytes: 256 * 1024,
+            max_batch_body_bytes: 1024 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
             dedup_window: Duration::from_secs(300),
             delivered_retention: Duration::from_secs(30 * 24 * 3600),
             store_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             max_page_bytes: 1024 * 1024,
             purge_interval: Duration::from_secs(60),
+            max_leases: 5,
+            lease_waiters: 500,
+            lease_waiters_per_account: 50,
+            lease_recheck: Duration::from_secs(1),
             auth: AuthConfig::default(),
             http: ServeConfig::default(),
         }
@@ -356,12 +471,19 @@ impl Settings {
         Self {
             max_body_bytes: a.max_body_bytes,
             max_payload_bytes: a.max_payload_bytes,
+            max_batch_body_bytes: usize::try_from(a.max_batch_body_bytes).unwrap_or(usize::MAX),
+            idempotency_ttl: Duration::from_secs(a.idempotency_ttl_secs),
             dedup_window: Duration::from_secs(a.dedup_window_secs),
             delivered_retention: Duration::from_secs(a.delivered_retention_secs),
             store_timeout: store.store_timeout(),
             request_timeout: Duration::from_secs(a.request_timeout_secs),
             max_page_bytes: usize::try_from(a.max_page_bytes).unwrap_or(usize::MAX),
             purge_interval: Duration::from_secs(a.purge_interval_secs.max(1)),
+            max_leases: a.max_leases,
+            lease_waiters: usize::try_from(a.lease_waiters).unwrap_or(usize::MAX),
+            lease_waiters_per_account: usize::try_from(a.lease_waiters_per_account)
+                .unwrap_or(usize::MAX),
+            lease_recheck: d.lease_recheck,
             auth: AuthConfig {
                 cache_ttl: Duration::from_secs(a.auth_cache_secs),
                 per_source_per_minute: a.auth_bcrypt_per_source,

@@ -15,6 +15,8 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod metrics;
 pub mod service;
 pub mod startup;

@@ -132,7 +132,13 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram>,
     pub events_ingested: Counter,
     pub duplicates: Counter,
+    /// Requests answered with a kept response (same Idempotency-Key, same
+    /// request).
+    pub idempotent_replays: Counter,
     pub acks: Counter,
+    pub leased: Counter,
+    pub released: Counter,
+    pub requeued: Counter,
     pub auth: AuthMetrics,
     pub connections: ConnMetrics,
 }
@@ -158,7 +164,11 @@ impl Metrics {
         );
         let events_ingested = Counter::default();
         let duplicates = Counter::default();
+        let idempotent_replays = Counter::default();
         let acks = Counter::default();
+        let leased = Counter::default();
+        let released = Counter::default();
+        let requeued = Counter::default();
         let auth = AuthMetrics::default();
         let connections = ConnMetrics::default();
         registry.register(
@@ -173,18 +183,38 @@ impl Metrics {
         );
         registry.register(
             "events_ingested",
-            "Events created by POST /events",
+            "Events created by POST /events and POST /events/batch (per event)",
             events_ingested.clone(),
         );
         registry.register(
             "events_duplicate",
-            "POST /events answered as duplicates",
+            "Events of POST /events and POST /events/batch answered as duplicates (per event)",
             duplicates.clone(),
+        );
+        registry.register(
+            "idempotent_replays",
+            "Requests answered again with the response kept for their Idempotency-Key",
+            idempotent_replays.clone(),
         );
         registry.register(
             "inbox_acks",
             "Events acknowledged (first ack only)",
             acks.clone(),
+        );
+        registry.register(
+            "events_leased",
+            "Events handed out by POST /inbox/lease",
+            leased.clone(),
+        );
+        registry.register(
+            "events_released",
+            "Events released by POST /inbox/release",
+            released.clone(),
+        );
+        registry.register(
+            "events_requeued",
+            "Quarantined events requeued",
+            requeued.clone(),
         );
         registry.register(
             "auth_bcrypt_runs",
@@ -222,7 +252,11 @@ impl Metrics {
             latency,
             events_ingested,
             duplicates,
+            idempotent_replays,
             acks,
+            leased,
+            released,
+            requeued,
             auth,
             connections,
         }

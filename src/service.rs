@@ -1,5 +1,10 @@
 //! The event service: what the handlers call. Knows the store trait, the
-//! clock and the settings; knows nothing of HTTP.
+//! clock and the settings; knows nothing of HTTP. Consumer leases are in
+//! [`leases`], the registry of waiting lease calls in [`waiters`].
+
+pub mod idempotency;
+pub mod leases;
+pub mod waiters;
 
 use std::future::Future;
 
@@ -8,7 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{trunc_ms, AccountId, Event, EventId, EventType, JsonObject, Source};
 use crate::state::AppState;
 use crate::store::{
-    AckOutcome, Dedup, Fingerprint, InboxPage, InboxQuery, Inserted, NewEvent, StoreError,
+    AckOutcome, Dedup, Fingerprint, InboxPage, InboxQuery, Insert, Inserted, NewEvent, StoreError,
 };
 
 /// A parsed, valid ingest request.
@@ -31,7 +36,7 @@ pub struct Ingested {
 }
 
 impl AppState {
-    fn delivered_cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn delivered_cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now - chrono::Duration::from_std(self.settings.delivered_retention)
             .unwrap_or(chrono::Duration::MAX)
     }
@@ -59,6 +64,7 @@ impl AppState {
         match self.store.insert_event(event, dedup).await? {
             Inserted::Created => {
                 self.metrics.events_ingested.inc();
+                self.waiters.wake(account);
                 Ok(Ingested {
                     event_id,
                     timestamp,
@@ -79,12 +85,91 @@ impl AppState {
         }
     }
 
+    /// Ingests a batch: every event validated already, each deduplicated
+    /// as [`AppState::ingest`] would (a repeat within the batch is a
+    /// duplicate of its first), all in one store call; the outcomes in
+    /// order. All share the batch's receive time; their ids follow the
+    /// batch's order. Nothing is reported written unless the whole call
+    /// succeeded.
+    pub async fn ingest_batch(
+        &self,
+        account: &AccountId,
+        reqs: Vec<CreateEvent>,
+    ) -> Result<Vec<Ingested>, StoreError> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now();
+        let timestamp = trunc_ms(now);
+        let inserts: Vec<Insert> = reqs
+            .into_iter()
+            .map(|req| Insert {
+                event: NewEvent {
+                    event_id: self.event_ids.next_id(now),
+                    account: account.clone(),
+                    event_type: req.event_type,
+                    payload: req.payload,
+                    source: req.source,
+                    metadata: req.metadata,
+                    timestamp,
+                },
+                dedup: Dedup {
+                    fingerprint: req.fingerprint,
+                    window: self.settings.dedup_window,
+                },
+            })
+            .collect();
+        let ids: Vec<EventId> = inserts.iter().map(|i| i.event.event_id).collect();
+        let outcomes = self.store.insert_events(inserts).await?;
+        if outcomes.len() != ids.len() {
+            return Err(StoreError::internal(format!(
+                "the store answered {} outcomes for {} events",
+                outcomes.len(),
+                ids.len()
+            )));
+        }
+        let mut created = false;
+        let out = ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(event_id, outcome)| match outcome {
+                Inserted::Created => {
+                    self.metrics.events_ingested.inc();
+                    created = true;
+                    Ingested {
+                        event_id,
+                        timestamp,
+                        duplicate: false,
+                    }
+                }
+                Inserted::Duplicate {
+                    event_id,
+                    timestamp,
+                } => {
+                    self.metrics.duplicates.inc();
+                    Ingested {
+                        event_id,
+                        timestamp,
+                        duplicate: true,
+                    }
+                }
+            })
+            .collect();
+        if created {
+            self.waiters.wake(account);
+        }
+        Ok(out)
+    }
+
     pub async fn inbox(
         &self,
         account: &AccountId,
         query: &InboxQuery,
     ) -> Result<InboxPage, StoreError> {
-        self.store.inbox(account, query).await
+        let now = self.clock.now();
+        let mut page = self.store.inbox(account, query).await?;
+        page.events = page.events.into_iter().map(|e| e.as_of(now)).collect();
+        Ok(page)
     }
 
     pub async fn get_event(
@@ -92,8 +177,10 @@ impl AppState {
         account: &AccountId,
         id: &EventId,
     ) -> Result<Option<Event>, StoreError> {
-        let cutoff = self.delivered_cutoff(self.clock.now());
-        self.store.get_event(account, id, cutoff).await
+        let now = self.clock.now();
+        let cutoff = self.delivered_cutoff(now);
+        let event = self.store.get_event(account, id, cutoff).await?;
+        Ok(event.map(|e| e.as_of(now)))
     }
 
     pub async fn ack(&self, account: &AccountId, id: &EventId) -> Result<AckOutcome, StoreError> {
@@ -109,14 +196,14 @@ impl AppState {
     }
 
     /// One purge pass: delivered events past retention, dedup records past
-    /// the window.
+    /// the window, idempotency records past their expiry.
     pub async fn purge_once(&self) -> Result<u64, StoreError> {
         let now = self.clock.now();
         let dedup_cutoff = now
             - chrono::Duration::from_std(self.settings.dedup_window)
                 .unwrap_or(chrono::Duration::MAX);
         self.store
-            .purge(self.delivered_cutoff(now), dedup_cutoff)
+            .purge(self.delivered_cutoff(now), dedup_cutoff, now)
             .await
     }
 

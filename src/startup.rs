@@ -16,7 +16,7 @@ use crate::config::{Settings, StoreArgs, StoreUrl};
 use crate::http::{app, serve_with, TcpAcceptor};
 use crate::state::{AppState, Providers};
 use crate::store::dynamodb::{DynamoConfig, DynamoStore};
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::timed::Timed;
 use crate::store::{Store, StoreError};
 
@@ -127,7 +127,11 @@ impl<L: Listener<Addr = SocketAddr>> Application<L> {
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
     match &args.store {
         StoreUrl::Sqlite(path) => {
-            let store = SqliteStore::open(path)
+            let mut options = SqliteOptions::default();
+            if let Some(bytes) = args.sqlite_max_db_bytes {
+                options = options.max_db_bytes(bytes);
+            }
+            let store = SqliteStore::open_with(path, options)
                 .with_context(|| format!("cannot open the SQLite store at {}", path.display()))?;
             Ok(Arc::new(store))
         }

@@ -11,6 +11,7 @@ use crate::domain::{EventIds, SystemEventIds};
 use crate::http::cursor::CursorCodec;
 use crate::http::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
+use crate::service::waiters::LeaseWaiters;
 use crate::store::timed::{Timed, WriteHealth};
 use crate::store::{Store, StoreError};
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// How recent writes went (for `/status`).
     pub write_health: Arc<WriteHealth>,
+    /// Lease calls waiting for events on this instance.
+    pub waiters: Arc<LeaseWaiters>,
     /// Turns true when the server begins to shut down: what long-running
     /// requests (long polls) wait on beside their own work.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -96,6 +99,10 @@ impl AppState {
             limiter: Arc::new(RateLimiter::new()),
             metrics,
             cursors: Arc::new(CursorCodec::new(secret)),
+            waiters: Arc::new(LeaseWaiters::new(
+                settings.lease_waiters,
+                settings.lease_waiters_per_account,
+            )),
             settings: Arc::new(settings),
             write_health,
             stopping,

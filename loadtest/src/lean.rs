@@ -317,6 +317,7 @@ pub(crate) fn run_phase(
         events_created_per_sec: created / seconds,
         events_acked_per_sec: 0.0,
         server_rss_max_mib: rss,
+        leases: None,
     })
 }
 

@@ -6,8 +6,9 @@
 //! deployment, with the key from `TRIGGERS_API_KEY`.
 //!
 //! Scenarios (`--scenario`): `status`, `ingest`, `drain`, `inbox`, `mixed`,
-//! and `hotpath` (status, then ingest, then ingest + inbox readers, in one
-//! run against one server). Thresholds are enforced: the exit status is 1
+//! `hotpath` (status, then ingest, then ingest + inbox readers, in one run
+//! against one server) and `lease` (consumers lease and acknowledge while
+//! producers ingest; see `lease.rs`). Thresholds are enforced: the exit status is 1
 //! when one is missed. Reports go to `target/loadtest/`.
 
 use std::collections::VecDeque;
@@ -30,6 +31,9 @@ use goose::test_plan::TestPlanStepAction;
 use serde_json::{json, Value};
 
 mod lean;
+mod lease;
+
+use lease::lease_and_ack;
 
 /// Events are spread over this many event types so that drain consumers
 /// (one type each) do not compete for the same events.
@@ -51,6 +55,10 @@ enum Kind {
     Mixed,
     /// status, then ingest, then ingest + inbox readers; checks the hot-path goals.
     Hotpath,
+    /// --consumers lease 100 events at a time and acknowledge each lease
+    /// while --producers ingest (after a seed); checks that no event is
+    /// leased twice within a lease or after its acknowledgement.
+    Lease,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,6 +102,17 @@ struct Args {
     /// Concurrent users (closed loop: each waits for its answer).
     #[arg(long, default_value_t = 32)]
     users: usize,
+    /// lease scenario: consumers (each leases 100, then acknowledges them).
+    #[arg(long, default_value_t = 8)]
+    consumers: usize,
+    /// lease scenario: producers POSTing events meanwhile.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// lease scenario: milliseconds a consumer spends "processing" each
+    /// lease before acknowledging it (0: ack at once, a closed loop as fast
+    /// as the server answers).
+    #[arg(long, default_value_t = 0)]
+    process_ms: u64,
     /// Seconds each phase runs after all users have started.
     #[arg(long, default_value_t = 30)]
     run_time: u64,
@@ -365,6 +384,7 @@ fn scenario(kind: Kind) -> anyhow::Result<Scenario> {
             .register_transaction(tx(transaction!(mixed_get), 2)?)
             .register_transaction(tx(transaction!(mixed_ack), 1)?)
             .register_transaction(tx(transaction!(get_status), 1)?),
+        Kind::Lease => scenario!("lease").register_transaction(transaction!(lease_and_ack)),
         Kind::Hotpath => bail!("hotpath is a plan of phases, not one scenario"),
     })
 }
@@ -401,6 +421,9 @@ struct PhaseResult {
     events_acked_per_sec: f64,
     /// Max VmRSS sampled during the phase, MiB.
     server_rss_max_mib: Option<f64>,
+    /// The lease scenario's figures and findings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leases: Option<lease::LeaseStats>,
 }
 
 impl PhaseResult {
@@ -409,6 +432,28 @@ impl PhaseResult {
             .iter()
             .find(|e| e.method == method && e.name == name)
     }
+}
+
+/// When the measured part began and ended (ms since the epoch).
+fn measured_window(m: &GooseMetrics) -> Option<(i64, i64)> {
+    let start = m
+        .history
+        .iter()
+        .find(|h| matches!(h.action, TestPlanStepAction::Maintaining))?
+        .timestamp;
+    let end = m
+        .history
+        .iter()
+        .find(|h| {
+            matches!(
+                h.action,
+                TestPlanStepAction::Decreasing
+                    | TestPlanStepAction::Canceling
+                    | TestPlanStepAction::Finished
+            )
+        })?
+        .timestamp;
+    Some((start.timestamp_millis(), end.timestamp_millis()))
 }
 
 /// How long the measured part (after all users started) lasted.
@@ -493,6 +538,7 @@ fn summarize(name: &str, users: usize, m: &GooseMetrics, rss: Option<f64>) -> Ph
         events_acked_per_sec: acked / ack_secs,
         endpoints,
         server_rss_max_mib: rss,
+        leases: None,
     }
 }
 
@@ -596,7 +642,14 @@ async fn run_phase(
     let sampler = RssSampler::start(pid);
     let metrics = attack.execute().await?;
     let rss = sampler.finish();
-    Ok(summarize(&phase.name, phase.users, &metrics, rss))
+    let mut result = summarize(&phase.name, phase.users, &metrics, rss);
+    if phase.scenarios.iter().any(|(k, _)| *k == Kind::Lease) {
+        let (from, to) = measured_window(&metrics).unwrap_or((0, i64::MAX));
+        let stats = lease::stats(from, to, result.seconds);
+        result.events_acked_per_sec = stats.acked_per_sec;
+        result.leases = Some(stats);
+    }
+    Ok(result)
 }
 
 /// The server this load test started: stopped (SIGTERM, then SIGKILL) on drop.
@@ -826,6 +879,10 @@ fn checks(args: &Args, results: &[PhaseResult]) -> Vec<Check> {
                 true,
             ));
         }
+        if let Some(l) = &r.leases {
+            out.extend(lease_checks(args, r, l));
+            continue;
+        }
         if let Some(e) = r.endpoint("POST", "/events") {
             out.push(Check::below(
                 format!("{name}: POST /events p95 ms"),
@@ -858,6 +915,50 @@ fn checks(args: &Args, results: &[PhaseResult]) -> Vec<Check> {
     }
     if args.scenario == Kind::Hotpath {
         out.extend(hotpath_goals(args, results));
+    }
+    out
+}
+
+/// The lease scenario: what it proves (enforced) and its goals (enforced
+/// with --strict): ≥ 5,000 events leased and acknowledged per second, lease
+/// call p95 < 20 ms.
+fn lease_checks(args: &Args, r: &PhaseResult, l: &lease::LeaseStats) -> Vec<Check> {
+    let name = &r.name;
+    let mut out = vec![
+        Check::at_most(
+            format!("{name}: events leased while a lease held them"),
+            l.overlapping_leases as f64,
+            0.0,
+            true,
+        ),
+        Check::at_most(
+            format!("{name}: events leased after their ack"),
+            l.leased_after_ack as f64,
+            0.0,
+            true,
+        ),
+        Check::at_least(
+            "goal: events leased+acknowledged/s",
+            l.acked_per_sec,
+            5000.0,
+            args.strict,
+        ),
+    ];
+    if let Some(e) = r.endpoint("POST", "/inbox/lease") {
+        out.push(Check::below(
+            "goal: POST /inbox/lease p95 ms",
+            e.p95_ms,
+            20.0,
+            args.strict,
+        ));
+    }
+    if let Some(e) = r.endpoint("POST", "/events") {
+        out.push(Check::below(
+            format!("{name}: POST /events p95 ms"),
+            e.p95_ms,
+            args.post_p95_ms,
+            true,
+        ));
     }
     out
 }
@@ -958,6 +1059,20 @@ fn print_summary(
             "  events created/s {:.0}, acknowledged/s {:.0}",
             r.events_created_per_sec, r.events_acked_per_sec
         )?;
+        if let Some(l) = &r.leases {
+            writeln!(
+                out,
+                "  leases: {} events leased ({} distinct, {} leased again), {} while a lease held them, \
+                 {} after their ack, {} stale in acks, {} empty lease calls",
+                l.events_leased,
+                l.distinct_events,
+                l.events_leased_again,
+                l.overlapping_leases,
+                l.leased_after_ack,
+                l.stale_acks,
+                l.empty_leases
+            )?;
+        }
     }
     if let Some(h) = hwm {
         writeln!(out, "\nserver peak RSS (VmHWM): {h:.1} MiB")?;
@@ -990,6 +1105,17 @@ fn plan(args: &Args) -> Vec<Phase> {
         Kind::Drain => vec![s("drain", vec![(Kind::Drain, 1)], u.min(PARTS))],
         Kind::Inbox => vec![s("inbox", vec![(Kind::Inbox, 1)], u)],
         Kind::Mixed => vec![s("mixed", vec![(Kind::Mixed, 1)], u)],
+        Kind::Lease => {
+            let mut scenarios = vec![(Kind::Lease, args.consumers.max(1))];
+            if args.producers > 0 {
+                scenarios.push((Kind::Ingest, args.producers));
+            }
+            vec![s(
+                "lease",
+                scenarios,
+                args.consumers.max(1) + args.producers,
+            )]
+        }
         Kind::Hotpath => vec![
             s("hotpath-status", vec![(Kind::Status, 1)], u),
             s("hotpath-ingest", vec![(Kind::Ingest, 1)], u),
@@ -1028,6 +1154,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             (Some(server), url, key, Some(pid))
         }
     };
+    lease::set_process_ms(args.process_ms);
     let _ = TARGET.set(Target {
         key,
         nonce: rand::random(),
@@ -1037,6 +1164,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let seed_n = args.seed_events.unwrap_or(match args.scenario {
         Kind::Drain => 30_000,
         Kind::Inbox | Kind::Hotpath => 5_000,
+        Kind::Lease => 100_000,
         Kind::Mixed => 1_000,
         Kind::Status | Kind::Ingest => 0,
     });
@@ -1065,7 +1193,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "scenario": name,
         "engine": format!("{:?}", args.engine).to_lowercase(),
         "host": url,
-        "users": args.users,
+        "users": if args.scenario == Kind::Lease {
+            args.consumers.max(1) + args.producers
+        } else {
+            args.users
+        },
+        "consumers": (args.scenario == Kind::Lease).then_some(args.consumers),
+        "producers": (args.scenario == Kind::Lease).then_some(args.producers),
+        "process_ms": (args.scenario == Kind::Lease).then_some(args.process_ms),
         "run_time_secs": args.run_time,
         "seed_events": seed_n,
         "server_peak_rss_mib": hwm,

@@ -1,5 +1,8 @@
 //! The `triggers-api` binary: `serve` (default), `keys …`, `dynamodb …`,
-//! `healthcheck`.
+//! `healthcheck`, `conformance`.
+
+#[cfg(feature = "conformance")]
+mod conformance;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -40,7 +43,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let store = cli.store;
     match cli.command {
         None => serve(store, ServeArgs::from_env()?).await,
@@ -50,7 +53,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Healthcheck { url, timeout_ms }) => {
             healthcheck(&url, Duration::from_millis(timeout_ms)).await
         }
-    }
+        #[cfg(feature = "conformance")]
+        Some(Command::Conformance(args)) => return conformance::run(args).await,
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(format: LogFormat) {
@@ -274,16 +280,45 @@ async fn keys_command(args: &StoreArgs, command: KeysCommand) -> anyhow::Result<
     Ok(())
 }
 
+fn dynamodb_prefix(prefix: Option<String>, args: &StoreArgs) -> anyhow::Result<String> {
+    match (prefix, &args.store) {
+        (Some(p), _) => Ok(p),
+        (None, StoreUrl::Dynamodb { table_prefix }) => Ok(table_prefix.clone()),
+        (None, StoreUrl::Sqlite(_)) => anyhow::bail!("give --prefix or --store dynamodb://PREFIX"),
+    }
+}
+
 async fn dynamodb_command(args: &StoreArgs, command: DynamoCommand) -> anyhow::Result<()> {
     match command {
+        DynamoCommand::AddLeaseMarkers { prefix, account } => {
+            let prefix = dynamodb_prefix(prefix, args)?;
+            let store = open_dynamodb(args, &prefix).await?;
+            let mut accounts = account
+                .iter()
+                .map(|a| AccountId::parse(a).map_err(|e| anyhow::anyhow!("--account {a}: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if accounts.is_empty() {
+                accounts = store
+                    .list_keys(None)
+                    .await
+                    .context("cannot list the keys")?
+                    .into_iter()
+                    .map(|k| k.account)
+                    .collect();
+                accounts.sort();
+                accounts.dedup();
+            }
+            for a in accounts {
+                let (seen, written) = store
+                    .add_lease_markers(&a)
+                    .await
+                    .with_context(|| format!("cannot add the lease markers of account {a}"))?;
+                println!("account {a}: {seen} inbox events, {written} available (marker written)");
+            }
+            Ok(())
+        }
         DynamoCommand::CreateTables { prefix } => {
-            let prefix = match (prefix, &args.store) {
-                (Some(p), _) => p,
-                (None, StoreUrl::Dynamodb { table_prefix }) => table_prefix.clone(),
-                (None, StoreUrl::Sqlite(_)) => {
-                    anyhow::bail!("give --prefix or --store dynamodb://PREFIX")
-                }
-            };
+            let prefix = dynamodb_prefix(prefix, args)?;
             let store = open_dynamodb(args, &prefix).await?;
             store
                 .create_tables()

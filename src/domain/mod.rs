@@ -98,6 +98,39 @@ impl Source {
     }
 }
 
+/// A client's `Idempotency-Key`: 1–255 printable ASCII characters (space
+/// to `~`), not beginning or ending with a space (HTTP drops spaces around a
+/// header value, so such a key could not arrive as sent). Keys live per
+/// account: two accounts' equal keys never meet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(s: &[u8]) -> Result<Self, ParseError> {
+        let printable = |b: &u8| (0x20..=0x7e).contains(b);
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(err("must be 1-255 printable ASCII characters"));
+        }
+        if !s.iter().all(printable) {
+            return Err(err(
+                "must be printable ASCII characters (space to '~') only",
+            ));
+        }
+        if s.first() == Some(&b' ') || s.last() == Some(&b' ') {
+            return Err(err("must not begin or end with a space"));
+        }
+        // All ASCII, so valid UTF-8.
+        let text = std::str::from_utf8(s).map_err(|_| err("must be ASCII"))?;
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Server-assigned, time-ordered (UUIDv7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -232,9 +265,36 @@ pub struct Event {
     #[serde(with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub delivered_at: Option<DateTime<Utc>>,
+    /// How many times the event has been leased (`POST /inbox/lease`); 0
+    /// again after a requeue.
+    pub lease_count: u32,
+    /// When the event's current lease ends, RFC 3339 UTC; null when it is
+    /// not leased (never leased, released, its lease ended, or delivered).
+    #[serde(with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub leased_until: Option<DateTime<Utc>>,
+    /// Leased `max_leases` times without an acknowledgement: never leased
+    /// again and listed under `GET /inbox?state=quarantined` until requeued
+    /// or acknowledged.
+    pub quarantined: bool,
 }
 
 impl Event {
+    /// The event as the API shows it at `now`: a lease that has ended, or
+    /// one of a delivered event, is no lease (`leased_until` null), and a
+    /// delivered event is out of quarantine. Stores keep the end of the
+    /// latest lease; whether it is still running is a question of the time
+    /// of the request.
+    pub fn as_of(mut self, now: DateTime<Utc>) -> Self {
+        if self.delivered || self.leased_until.is_some_and(|t| t <= now) {
+            self.leased_until = None;
+        }
+        if self.delivered {
+            self.quarantined = false;
+        }
+        self
+    }
+
     /// About how many bytes this event takes in a response: its payload,
     /// metadata, type and source text plus the fixed fields. What inbox
     /// pages are bounded by.
@@ -245,6 +305,41 @@ impl Event {
             + self.metadata.len()
             + self.event_type.as_str().len()
             + self.source.as_ref().map_or(0, |s| s.as_str().len())
+    }
+}
+
+/// Names one lease (`POST /inbox/lease`): a random (v4) UUID, so it cannot
+/// be guessed from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct LeaseId(Uuid);
+
+impl LeaseId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Any string that is not a hyphenated UUID names no lease (the API
+    /// answers 404 for it, like an unknown one).
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 36 {
+            return None;
+        }
+        Uuid::parse_str(s).ok().map(Self)
+    }
+
+    pub fn from_uuid(u: Uuid) -> Self {
+        Self(u)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
     }
 }
 
@@ -432,6 +527,30 @@ mod tests {
         assert!(KeyId::parse("abcdefgh12345678").is_some());
         assert!(KeyId::parse("ABCDEFGH12345678").is_none());
         assert!(KeyId::parse("abc").is_none());
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_255_printable_ascii_without_outer_spaces() {
+        for ok in ["a", "order 42", "~!@#$%^&*()", &"k".repeat(255)] {
+            assert_eq!(
+                IdempotencyKey::parse(ok.as_bytes()).map(|k| k.as_str().to_owned()),
+                Ok(ok.to_owned())
+            );
+        }
+        let long = "k".repeat(256);
+        for bad in [
+            &b""[..],
+            long.as_bytes(),
+            b" a",
+            b"a ",
+            b" ",
+            b"a\tb",
+            b"\x7f",
+            "é".as_bytes(),
+            b"a\x00",
+        ] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub enum ErrorCode {
     RateLimited,
     InternalError,
     ServiceUnavailable,
+    Conflict,
 }
 
 /// One entry of a validation failure.
@@ -51,6 +52,12 @@ pub enum ApiError {
     Unauthorized(&'static str),
     Forbidden(&'static str),
     NotFound,
+    /// 409: the resource is not in a state that allows this (the detail
+    /// says which).
+    Conflict(&'static str),
+    /// 409 with `Retry-After`: another request holds the resource now (the
+    /// detail says which); the same request may succeed later.
+    ConflictRetry(&'static str),
     MethodNotAllowed,
     PayloadTooLarge(String),
     /// More request header fields than `max` (431).
@@ -88,6 +95,8 @@ impl ApiError {
 
     /// Seconds a client should wait after a 503.
     pub const UNAVAILABLE_RETRY_SECS: u64 = 1;
+    /// Seconds a client should wait after a retryable 409.
+    pub const CONFLICT_RETRY_SECS: u64 = 1;
 
     fn spec(&self) -> ProblemSpec {
         use ApiError::*;
@@ -126,6 +135,20 @@ impl ApiError {
                 "No such resource.".to_owned(),
                 None,
                 None,
+            ),
+            Conflict(why) => (
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                (*why).to_owned(),
+                None,
+                None,
+            ),
+            ConflictRetry(why) => (
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                (*why).to_owned(),
+                None,
+                Some(Self::CONFLICT_RETRY_SECS),
             ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -249,6 +272,7 @@ impl ProblemSpec {
                 ApiError::PayloadTooLarge("The request body is too large.".into())
             }
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+            StatusCode::CONFLICT => ApiError::Conflict("Conflict."),
             StatusCode::UNAUTHORIZED => ApiError::Unauthorized("Authentication required."),
             StatusCode::FORBIDDEN => ApiError::Forbidden("Forbidden."),
             StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
@@ -284,6 +308,7 @@ impl ProblemSpec {
             ErrorCode::RateLimited => "Too many requests",
             ErrorCode::InternalError => "Internal server error",
             ErrorCode::ServiceUnavailable => "Service unavailable",
+            ErrorCode::Conflict => "Conflict",
         }
     }
 

@@ -13,10 +13,11 @@ use serde_json::Value;
 
 use super::error::{ApiError, FieldError};
 use crate::domain::fingerprint::fingerprint;
-use crate::domain::{EventId, EventType, JsonObject, Source};
+use crate::domain::{EventId, EventType, JsonObject, LeaseId, Source};
+use crate::service::leases::LeaseParams;
 use crate::service::CreateEvent;
 use crate::state::AppState;
-use crate::store::Position;
+use crate::store::{InboxState, Position};
 
 /// The deepest nesting a request document may have (the body object is
 /// level 1, so a payload may nest 127 levels).
@@ -69,6 +70,40 @@ fn is_json_content_type(v: Option<&header::HeaderValue>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Reads a body declared as JSON, refusing more than `limit` bytes: a
+/// declared length over it before reading, and the bytes actually read
+/// whatever the headers said (chunked bodies included).
+async fn read_json_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    if !is_json_content_type(req.headers().get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("The request body exceeds {limit} bytes."));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::validation(
+            "body",
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn too_deep() -> ApiError {
+    ApiError::validation(
+        "body",
+        format!("JSON nesting deeper than {MAX_DEPTH} levels"),
+    )
+}
+
 /// A request body sent as JSON, read within the body limit and checked
 /// for nesting depth; not yet parsed.
 pub struct JsonBody(pub bytes::Bytes);
@@ -77,38 +112,26 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if !is_json_content_type(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let limit = state.settings.max_body_bytes;
-        let too_large =
-            || ApiError::PayloadTooLarge(format!("The request body exceeds {limit} bytes."));
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        // The limit holds on the bytes actually read, whatever the headers said.
-        let bytes = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-            Err(_) => {
-                return Err(ApiError::validation(
-                    "body",
-                    "the request body could not be read",
-                ))
-            }
-        };
+        let bytes = read_json_body(req, state.settings.max_body_bytes).await?;
         if nesting_depth(&bytes, MAX_DEPTH) > MAX_DEPTH {
-            return Err(ApiError::validation(
-                "body",
-                format!("JSON nesting deeper than {MAX_DEPTH} levels"),
-            ));
+            return Err(too_deep());
         }
         Ok(Self(bytes))
+    }
+}
+
+/// A POST /events/batch body sent as JSON, read within the batch body
+/// limit; not yet parsed. Its nesting depth is checked per event
+/// ([`BatchRequest::parse_json`]): the envelope is read without recursion.
+pub struct BatchBody(pub bytes::Bytes);
+
+impl FromRequest<AppState> for BatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        read_json_body(req, state.settings.max_batch_body_bytes)
+            .await
+            .map(Self)
     }
 }
 
@@ -188,6 +211,37 @@ impl<'de> Deserialize<'de> for TopLevel {
     }
 }
 
+/// A body object's members, raw, by name.
+type Members = BTreeMap<String, Box<RawValue>>;
+
+/// The members of a body that must be a JSON object (already within the
+/// size and depth limits), and the errors of its shape: a repeated member
+/// (refused: a gateway that reads the first copy would see another request
+/// than the one served) and members not in `known`. Malformed JSON or a
+/// body that is not an object fails at once.
+fn top_level_members(body: &[u8], known: &[&str]) -> Result<(Members, Vec<FieldError>), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    // The depth was bounded by the extractor.
+    de.disable_recursion_limit();
+    let TopLevel { fields, repeated } = TopLevel::deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| ApiError::validation("body", format!("malformed JSON: {e}")))?;
+    let mut errors: Vec<FieldError> = repeated
+        .into_iter()
+        .map(|k| FieldError::new(k, "given more than once"))
+        .collect();
+    for k in fields.keys() {
+        if !known.contains(&k.as_str()) {
+            errors.push(FieldError::new(k.clone(), "unknown field"));
+        }
+    }
+    Ok((fields, errors))
+}
+
 impl CreateEvent {
     pub const FIELDS: [&'static str; 4] = ["event_type", "payload", "source", "metadata"];
 
@@ -195,28 +249,7 @@ impl CreateEvent {
     /// limits), reporting every invalid field at once. `payload` and
     /// `metadata` keep the exact text the client sent.
     pub fn parse_json(body: &[u8], max_payload_bytes: usize) -> Result<Self, ApiError> {
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if first.is_some_and(|b| *b != b'{') {
-            return Err(ApiError::validation("body", "must be a JSON object"));
-        }
-        let mut de = serde_json::Deserializer::from_slice(body);
-        // The depth was bounded by the extractor.
-        de.disable_recursion_limit();
-        let TopLevel { fields, repeated } = TopLevel::deserialize(&mut de)
-            .and_then(|v| de.end().map(|()| v))
-            .map_err(|e| ApiError::validation("body", format!("malformed JSON: {e}")))?;
-
-        // A repeated field is refused: a gateway that reads the first copy
-        // would see another event than the one stored.
-        let mut errors: Vec<FieldError> = repeated
-            .into_iter()
-            .map(|k| FieldError::new(k, "given more than once"))
-            .collect();
-        for k in fields.keys() {
-            if !Self::FIELDS.contains(&k.as_str()) {
-                errors.push(FieldError::new(k.clone(), "unknown field"));
-            }
-        }
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
         let event_type = match fields.get("event_type") {
             None => {
                 errors.push(FieldError::new("event_type", "is required"));
@@ -314,12 +347,291 @@ impl CreateEvent {
     }
 }
 
+/// A parsed POST /events/batch body: each event validated on its own, as
+/// the body of a POST /events (`Err`: its 400 or 413).
+pub struct BatchRequest {
+    pub events: Vec<Result<CreateEvent, ApiError>>,
+}
+
+/// The members of an array, raw, up to `max` of them, and how many there
+/// were in all (the rest are skipped without being kept).
+struct Items<'de> {
+    kept: Vec<&'de RawValue>,
+    count: usize,
+}
+
+struct ItemsVisitor {
+    max: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemsVisitor {
+    type Value = Items<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'de>, A::Error> {
+        let mut out = Items {
+            kept: Vec::new(),
+            count: 0,
+        };
+        loop {
+            if out.count < self.max {
+                match seq.next_element::<&'de RawValue>()? {
+                    Some(item) => out.kept.push(item),
+                    None => return Ok(out),
+                }
+            } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                return Ok(out);
+            }
+            out.count += 1;
+        }
+    }
+}
+
+impl BatchRequest {
+    pub const FIELDS: [&'static str; 1] = ["events"];
+    pub const MAX_EVENTS: usize = 100;
+
+    /// Parses a POST /events/batch body (within its byte limit). The
+    /// envelope — a JSON object whose only member is `events`, an array of
+    /// 1 to 100 items, the whole body well-formed JSON — is all or nothing
+    /// (400 listing every problem). Each item is then judged as the body of
+    /// a POST /events would be: over `max_event_bytes` 413, nested deeper
+    /// than 128 levels 400, otherwise [`CreateEvent::parse_json`]. Nothing
+    /// here recurses before an item's depth is known.
+    pub fn parse_json(
+        body: &[u8],
+        max_event_bytes: usize,
+        max_payload_bytes: usize,
+    ) -> Result<Self, ApiError> {
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
+        let events = match fields.get("events") {
+            None => {
+                errors.push(FieldError::new("events", "is required"));
+                None
+            }
+            Some(raw) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                // Items are skipped without recursion; each one's depth is
+                // checked before it is parsed.
+                de.disable_recursion_limit();
+                let parsed = serde::Deserializer::deserialize_seq(
+                    &mut de,
+                    ItemsVisitor {
+                        max: Self::MAX_EVENTS,
+                    },
+                );
+                match parsed {
+                    Ok(items) if (1..=Self::MAX_EVENTS).contains(&items.count) => Some(items.kept),
+                    Ok(_) => {
+                        errors.push(FieldError::new(
+                            "events",
+                            format!("must hold 1 to {} events", Self::MAX_EVENTS),
+                        ));
+                        None
+                    }
+                    Err(_) => {
+                        errors.push(FieldError::new(
+                            "events",
+                            format!("must be an array of events, not {}", raw_type_name(raw)),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        let Some(items) = events.filter(|_| errors.is_empty()) else {
+            return Err(ApiError::Validation(errors));
+        };
+        let events = items
+            .into_iter()
+            .map(|item| {
+                let text = item.get().as_bytes();
+                if text.len() > max_event_bytes {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "The event exceeds {max_event_bytes} bytes (the largest POST /events body)."
+                    )));
+                }
+                if nesting_depth(text, MAX_DEPTH) > MAX_DEPTH {
+                    return Err(too_deep());
+                }
+                CreateEvent::parse_json(text, max_payload_bytes)
+            })
+            .collect();
+        Ok(Self { events })
+    }
+}
+
+/// An optional integer member within `range`: absent or null gives
+/// `default`; anything else (a fraction, an exponent, a string, out of
+/// range) is an error naming the field.
+fn int_member(
+    fields: &Members,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+    errors: &mut Vec<FieldError>,
+) -> u64 {
+    match fields.get(name) {
+        None => default,
+        Some(raw) if is_null(raw) => default,
+        Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                errors.push(FieldError::new(
+                    name,
+                    format!(
+                        "must be an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+                default
+            }
+        },
+    }
+}
+
+impl LeaseParams {
+    pub const FIELDS: [&'static str; 4] = ["limit", "lease_seconds", "wait_seconds", "event_type"];
+
+    /// Parses a POST /inbox/lease body, reporting every invalid field at
+    /// once. Every member is optional; null means absent.
+    pub fn parse_json(body: &[u8]) -> Result<Self, ApiError> {
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
+        let limit = int_member(
+            &fields,
+            "limit",
+            1..=u64::from(Self::MAX_LIMIT),
+            u64::from(Self::DEFAULT_LIMIT),
+            &mut errors,
+        );
+        let lease_secs = int_member(
+            &fields,
+            "lease_seconds",
+            1..=Self::MAX_LEASE_SECS,
+            Self::DEFAULT_LEASE_SECS,
+            &mut errors,
+        );
+        let wait_secs = int_member(
+            &fields,
+            "wait_seconds",
+            0..=Self::MAX_WAIT_SECS,
+            0,
+            &mut errors,
+        );
+        let event_type = match fields.get("event_type") {
+            None => None,
+            Some(raw) if is_null(raw) => None,
+            Some(raw) => match raw_string(raw) {
+                Some(s) => EventType::parse(&s)
+                    .map_err(|e| errors.push(FieldError::new("event_type", e.0)))
+                    .ok(),
+                None => {
+                    errors.push(FieldError::new(
+                        "event_type",
+                        format!("must be a string, not {}", raw_type_name(raw)),
+                    ));
+                    None
+                }
+            },
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(Self {
+            limit: u32::try_from(limit).unwrap_or(Self::DEFAULT_LIMIT),
+            lease_for: std::time::Duration::from_secs(lease_secs),
+            wait: std::time::Duration::from_secs(wait_secs),
+            event_type,
+        })
+    }
+}
+
+/// A parsed POST /inbox/ack or /inbox/release body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettleParams {
+    /// `None`: a string that is no lease id, so no lease (answered 404 like
+    /// an unknown one).
+    pub lease_id: Option<LeaseId>,
+    /// `None`: every event of the lease.
+    pub event_ids: Option<Vec<EventId>>,
+}
+
+impl SettleParams {
+    pub const FIELDS: [&'static str; 2] = ["lease_id", "event_ids"];
+    pub const MAX_IDS: usize = 100;
+
+    pub fn parse_json(body: &[u8]) -> Result<Self, ApiError> {
+        let (fields, mut errors) = top_level_members(body, &Self::FIELDS)?;
+        let lease_id = match fields.get("lease_id") {
+            None => {
+                errors.push(FieldError::new("lease_id", "is required"));
+                None
+            }
+            Some(raw) => match raw_string(raw) {
+                Some(s) => Some(LeaseId::parse(&s)),
+                None => {
+                    errors.push(FieldError::new(
+                        "lease_id",
+                        format!("must be a string, not {}", raw_type_name(raw)),
+                    ));
+                    None
+                }
+            },
+        };
+        let event_ids = match fields.get("event_ids") {
+            None => None,
+            Some(raw) if is_null(raw) => None,
+            Some(raw) => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                Ok(items) if (1..=Self::MAX_IDS).contains(&items.len()) => {
+                    let mut ids = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        match raw_string(item).as_deref().and_then(EventId::parse) {
+                            Some(id) => ids.push(id),
+                            None => errors.push(FieldError::new(
+                                format!("event_ids[{i}]"),
+                                "must be an event id",
+                            )),
+                        }
+                    }
+                    Some(ids)
+                }
+                Ok(_) => {
+                    errors.push(FieldError::new(
+                        "event_ids",
+                        format!("must hold 1 to {} event ids", Self::MAX_IDS),
+                    ));
+                    None
+                }
+                Err(_) => {
+                    errors.push(FieldError::new(
+                        "event_ids",
+                        format!("must be an array of event ids, not {}", raw_type_name(raw)),
+                    ));
+                    None
+                }
+            },
+        };
+        match (lease_id, errors.is_empty()) {
+            (Some(lease_id), true) => Ok(Self {
+                lease_id,
+                event_ids,
+            }),
+            _ => Err(ApiError::Validation(errors)),
+        }
+    }
+}
+
 /// GET /inbox's query, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxParams {
     pub limit: u32,
     pub cursor: Option<String>,
     pub event_type: Option<EventType>,
+    pub state: InboxState,
 }
 
 impl InboxParams {
@@ -335,6 +647,7 @@ impl InboxParams {
             limit: Self::DEFAULT_LIMIT,
             cursor: None,
             event_type: None,
+            state: InboxState::Inbox,
         };
         for (k, v) in pairs {
             if seen.contains(&k) {
@@ -351,6 +664,11 @@ impl InboxParams {
                 "event_type" => match EventType::parse(&v) {
                     Ok(t) => out.event_type = Some(t),
                     Err(e) => errors.push(FieldError::new("event_type", e.0)),
+                },
+                "state" => match v.as_str() {
+                    "inbox" => out.state = InboxState::Inbox,
+                    "quarantined" => out.state = InboxState::Quarantined,
+                    _ => errors.push(FieldError::new("state", "must be 'inbox' or 'quarantined'")),
                 },
                 _ => errors.push(FieldError::new(k, "unknown query parameter")),
             }
@@ -447,7 +765,221 @@ mod tests {
         }
     }
 
+    fn fields_of(e: Result<impl std::fmt::Debug, ApiError>) -> Vec<String> {
+        match e {
+            Err(ApiError::Validation(errs)) => errs.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lease_body_takes_defaults_and_lists_every_bad_field() {
+        let p = LeaseParams::parse_json(b"{}").unwrap();
+        assert_eq!(p, LeaseParams::default());
+        let p = LeaseParams::parse_json(
+            br#"{"limit":100,"lease_seconds":3600,"wait_seconds":20,"event_type":"a"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.limit, p.lease_for.as_secs(), p.wait.as_secs()),
+            (100, 3600, 20)
+        );
+        let p = LeaseParams::parse_json(br#"{"limit":null,"wait_seconds":0}"#).unwrap();
+        assert_eq!(p.limit, LeaseParams::DEFAULT_LIMIT);
+        assert_eq!(
+            fields_of(LeaseParams::parse_json(
+                br#"{"limit":0,"lease_seconds":3601,"wait_seconds":21,"event_type":"","x":1}"#
+            )),
+            ["x", "limit", "lease_seconds", "wait_seconds", "event_type"]
+        );
+        for bad in [
+            r#"{"limit":1.0}"#,
+            r#"{"limit":1e1}"#,
+            r#"{"limit":"5"}"#,
+            r#"{"limit":-1}"#,
+            r#"{"limit":101}"#,
+            r#"{"limit":18446744073709551616}"#,
+        ] {
+            assert_eq!(
+                fields_of(LeaseParams::parse_json(bad.as_bytes())),
+                ["limit"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            fields_of(LeaseParams::parse_json(br#"{"limit":5,"limit":6}"#)),
+            ["limit"]
+        );
+        assert_eq!(fields_of(LeaseParams::parse_json(b"[]")), ["body"]);
+        assert_eq!(fields_of(LeaseParams::parse_json(b"{")), ["body"]);
+    }
+
+    #[test]
+    fn a_settle_body_needs_a_lease_id_and_at_most_100_event_ids() {
+        let lease = LeaseId::new_random();
+        let id = EventId::new_v7();
+        let p =
+            SettleParams::parse_json(format!(r#"{{"lease_id":"{lease}"}}"#).as_bytes()).unwrap();
+        assert_eq!((p.lease_id, p.event_ids), (Some(lease), None));
+        let p = SettleParams::parse_json(
+            format!(r#"{{"lease_id":"{lease}","event_ids":["{id}"]}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(p.event_ids, Some(vec![id]));
+        // Not a lease id: no such lease (404), not a 400.
+        let p = SettleParams::parse_json(br#"{"lease_id":"nope"}"#).unwrap();
+        assert_eq!(p.lease_id, None);
+        assert_eq!(fields_of(SettleParams::parse_json(b"{}")), ["lease_id"]);
+        assert_eq!(
+            fields_of(SettleParams::parse_json(
+                format!(r#"{{"lease_id":7,"event_ids":["{id}","x",3],"y":0}}"#).as_bytes()
+            )),
+            ["y", "lease_id", "event_ids[1]", "event_ids[2]"]
+        );
+        for bad in [r#""a""#, "{}", "[]"] {
+            let body = format!(r#"{{"lease_id":"{lease}","event_ids":{bad}}}"#);
+            assert_eq!(
+                fields_of(SettleParams::parse_json(body.as_bytes())),
+                ["event_ids"],
+                "{bad}"
+            );
+        }
+        let many: Vec<String> = (0..101).map(|_| format!("\"{id}\"")).collect();
+        let body = format!(
+            r#"{{"lease_id":"{lease}","event_ids":[{}]}}"#,
+            many.join(",")
+        );
+        assert_eq!(
+            fields_of(SettleParams::parse_json(body.as_bytes())),
+            ["event_ids"]
+        );
+    }
+
+    #[test]
+    fn the_inbox_state_is_inbox_or_quarantined() {
+        assert_eq!(InboxParams::parse(None).unwrap().state, InboxState::Inbox);
+        assert_eq!(
+            InboxParams::parse(Some("state=quarantined")).unwrap().state,
+            InboxState::Quarantined
+        );
+        assert_eq!(
+            InboxParams::parse(Some("state=inbox")).unwrap().state,
+            InboxState::Inbox
+        );
+        assert!(InboxParams::parse(Some("state=leased")).is_err());
+    }
+
+    fn outcome(r: &Result<CreateEvent, ApiError>) -> String {
+        match r {
+            Ok(c) => format!(
+                "ok {} {} {:?} {:?} {}",
+                c.event_type.as_str(),
+                c.payload.as_str(),
+                c.source,
+                c.fingerprint,
+                c.metadata.as_str()
+            ),
+            Err(ApiError::Validation(errs)) => format!("400 {errs:?}"),
+            Err(ApiError::PayloadTooLarge(m)) => format!("413 {m}"),
+            Err(e) => format!("other {e:?}"),
+        }
+    }
+
+    /// One batch item as JSON text: valid events, each kind of invalid
+    /// one, and values that are not events at all.
+    fn batch_item() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            Just(String::new()),
+            "[a-z.]{1,12}",
+            "\\PC{0,8}",
+            Just("\u{7}".to_owned()),
+        ];
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            text.clone().prop_map(Value::from),
+            proptest::collection::btree_map("[a-c]{1,2}", any::<u8>(), 0..4)
+                .prop_map(|m| serde_json::json!(m)),
+            "[a-z]{0,80}".prop_map(|s| serde_json::json!({ "pad": s })),
+            Just(serde_json::json!([1, 2])),
+        ];
+        let member = prop_oneof![
+            Just("event_type"),
+            Just("payload"),
+            Just("source"),
+            Just("metadata"),
+            Just("colour"),
+        ];
+        prop_oneof![
+            proptest::collection::vec((member, value.clone()), 0..6).prop_map(|kv| {
+                let fields: Vec<String> = kv
+                    .into_iter()
+                    .map(|(k, v)| format!("\"{k}\" : {v}"))
+                    .collect();
+                format!("{{ {} }}", fields.join(" , "))
+            }),
+            value.prop_map(|v| v.to_string()),
+        ]
+    }
+
+    #[test]
+    fn a_batch_envelope_is_refused_as_a_whole() {
+        let event = r#"{"event_type":"t","payload":{}}"#;
+        for (body, field) in [
+            ("[]".to_owned(), "body"),
+            ("{}".to_owned(), "events"),
+            (r#"{"events":{}}"#.to_owned(), "events"),
+            (r#"{"events":[]}"#.to_owned(), "events"),
+            (format!(r#"{{"events":[{event}],"x":1}}"#), "x"),
+            (format!(r#"{{"events":[{event}],"events":[]}}"#), "events"),
+            (format!(r#"{{"events":[{event}]"#), "body"),
+        ] {
+            match BatchRequest::parse_json(body.as_bytes(), 1024, 1024) {
+                Err(ApiError::Validation(errs)) => {
+                    assert_eq!(errs[0].field, field, "{body}")
+                }
+                _ => panic!("{body}: not refused"),
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn batch_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = BatchRequest::parse_json(&body, 64, 32);
+        }
+
+        #[test]
+        fn a_batch_holds_1_to_100_events(n in 0usize..150) {
+            let items = vec![r#"{"event_type":"t","payload":{}}"#; n].join(",");
+            let body = format!(r#"{{"events":[{items}]}}"#);
+            let parsed = BatchRequest::parse_json(body.as_bytes(), 1024, 1024);
+            prop_assert_eq!(parsed.is_ok(), (1..=100).contains(&n));
+        }
+
+        /// Each item is judged exactly as the same text sent alone to POST
+        /// /events (within the same limits) would be.
+        #[test]
+        fn each_batch_item_is_judged_as_its_own_post(items in proptest::collection::vec(batch_item(), 1..8)) {
+            let body = format!("{{ \"events\" : [ {} ] }}", items.join(" , "));
+            let parsed = BatchRequest::parse_json(body.as_bytes(), 96, 40).expect("a valid envelope");
+            prop_assert_eq!(parsed.events.len(), items.len());
+            for (item, got) in items.iter().zip(&parsed.events) {
+                let alone = if item.len() > 96 {
+                    Err(ApiError::PayloadTooLarge("The event exceeds 96 bytes (the largest POST /events body).".into()))
+                } else {
+                    CreateEvent::parse_json(item.as_bytes(), 40)
+                };
+                prop_assert_eq!(outcome(got), outcome(&alone), "{}", item);
+            }
+        }
+
+        #[test]
+        fn lease_body_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = LeaseParams::parse_json(&body);
+            let _ = SettleParams::parse_json(&body);
+        }
+
         #[test]
         fn limits_parse_exactly_when_in_range(n in -1000i64..1000) {
             let r = InboxParams::parse(Some(&format!("limit={n}")));

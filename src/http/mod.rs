@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod observe;
 pub mod openapi;
 pub mod ratelimit;
@@ -43,6 +44,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::meta::router())
         .merge(routes::events::router(state.clone()))
+        .merge(routes::leases::router(state.clone()))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

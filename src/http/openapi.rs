@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{events, meta};
+use super::routes::{batch, events, leases, meta};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,13 +13,15 @@ use super::routes::{events, meta};
     ),
     paths(
         meta::index, meta::status, meta::metrics, meta::openapi, meta::docs,
-        events::create_event, events::list_inbox, events::get_event, events::ack_event,
+        events::create_event, batch::create_batch, events::list_inbox, events::get_event, events::ack_event,
+        leases::lease, leases::ack, leases::release, leases::requeue,
     ),
-    components(schemas(super::error::ErrorCode, super::error::FieldError)),
+    components(schemas(super::error::ErrorCode, super::error::FieldError, events::InboxStateParam)),
     modifiers(&Security),
     tags(
         (name = "events", description = "Ingest, read and acknowledge events"),
         (name = "inbox", description = "An account's undelivered events"),
+        (name = "leases", description = "Several consumers, one inbox: lease events, then acknowledge or release them; quarantine and requeue"),
         (name = "meta", description = "Service information"),
     )
 )]

@@ -410,11 +410,12 @@ async fn run_connection<S>(
             let in_flight = InFlight(conn.clone());
             req.extensions_mut().insert(ClientAddr(peer));
             let app = app.clone();
-            async move {
+            // Boxed: `poll_without_shutdown` needs an `Unpin` future.
+            Box::pin(async move {
                 let resp = app.oneshot(req.map(Body::new)).await;
                 drop(in_flight);
                 resp
-            }
+            })
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -423,17 +424,20 @@ async fn run_connection<S>(
         // The watchdog below times header reads (hyper's own timer would
         // also cut idle keep-alive connections at the same bound).
         .header_read_timeout(None);
-    let connection = builder.serve_connection(io, service);
-    tokio::pin!(connection);
+    let mut connection = builder.serve_connection(io, service);
     let mut draining = false;
+    let mut linger = false;
     let reason = loop {
         let deadline = conn.deadline(&cfg);
         let wake =
             deadline.map_or_else(|| Instant::now() + Duration::from_millis(250), |(at, _)| at);
         tokio::select! {
             biased;
-            res = connection.as_mut() => break match res {
-                Ok(()) => CloseReason::Client,
+            res = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break match res {
+                Ok(()) => {
+                    linger = !draining;
+                    CloseReason::Client
+                }
                 Err(e) => classify(&e, peer),
             },
             () = tokio::time::sleep_until(wake) => {
@@ -452,7 +456,7 @@ async fn run_connection<S>(
                     tracing::debug!(%peer, "connection closed to make room for a new one");
                     break CloseReason::Evicted;
                 }
-                connection.as_mut().graceful_shutdown();
+                Pin::new(&mut connection).graceful_shutdown();
             }
             _ = stop.changed(), if !draining => {
                 draining = true;
@@ -461,11 +465,48 @@ async fn run_connection<S>(
                 if !conn.busy() {
                     break CloseReason::Shutdown;
                 }
-                connection.as_mut().graceful_shutdown();
+                Pin::new(&mut connection).graceful_shutdown();
             }
         }
     };
+    if linger {
+        lingering_close(connection.into_parts().io.into_inner()).await;
+    }
     metrics.closed(reason);
+}
+
+/// How long a closing connection keeps reading (and discarding) what the
+/// client still sends, in all and between two reads, and how much.
+const LINGER_TOTAL: Duration = Duration::from_secs(2);
+const LINGER_IDLE: Duration = Duration::from_millis(500);
+const LINGER_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Closes a connection hyper has finished with, the way nginx's
+/// `lingering_close` does: the answer is flushed and our side shut down
+/// (FIN), then bytes the client is still sending (the rest of a body we
+/// refused without reading: 413, 403, 401…) are read and dropped until it
+/// closes too, for at most [`LINGER_TOTAL`] and [`LINGER_MAX_BYTES`].
+/// Closing at once instead would make the kernel answer those bytes with a
+/// reset, and a client still writing its body would see "connection reset"
+/// instead of the problem body already sent to it.
+async fn lingering_close<S>(mut io: Tracked<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let end = Instant::now() + LINGER_TOTAL;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = LINGER_MAX_BYTES;
+    loop {
+        let until = end.min(Instant::now() + LINGER_IDLE);
+        match tokio::time::timeout_at(until, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 && n <= left => left -= n,
+            _ => return,
+        }
+    }
 }
 
 /// Why hyper ended a connection with an error; malformed requests are

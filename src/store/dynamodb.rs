@@ -2,10 +2,16 @@
 //!
 //! Two tables, `{prefix}-events` and `{prefix}-keys`. Every request-path read
 //! is a GetItem or a strongly consistent Query; ingest (with its dedup) and
-//! ack are each one TransactWriteItems. No SDK type leaves this module: every
+//! ack are each one TransactWriteItems, a batch of 100 events four
+//! ([`batch`]); idempotency keys are items of their own ([`idempotency`]). No SDK type leaves this module: every
 //! SDK error becomes a [`StoreError`] with the SDK error boxed as its source.
+//! The tables themselves (keys, index, TTL) and their creation: [`schema`].
 
+mod batch;
+mod idempotency;
 mod item;
+mod leases;
+pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -20,22 +26,22 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, KeySchemaElement,
-    KeyType, LocalSecondaryIndex, Projection, ProjectionType, Put, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem, Update,
+    AttributeValue, CancellationReason, Delete, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, Select, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use self::item::{Item, A_DELIVERED_AT, A_META_PARTS, A_TS, PK, SK, TSK, TTL};
-use crate::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, KeyStatus};
+use crate::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, IdempotencyKey, KeyId, KeyStatus, LeaseId,
+};
 use crate::store::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, InboxState,
+    Insert, Inserted, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome, Settled, Store,
     StoreError,
 };
 
@@ -249,6 +255,14 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// An earlier event with the fingerprint whose timestamp is after this
+/// (epoch ms) makes `e` a duplicate.
+fn dedup_cutoff(e: &NewEvent, dedup: &Dedup) -> i64 {
+    e.timestamp
+        .timestamp_millis()
+        .saturating_sub(millis(dedup.window))
+}
+
 fn from_millis_saturating(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
@@ -310,8 +324,8 @@ impl DynamoStore {
             .build();
         Ok(DynamoStore {
             client: Client::from_conf(conf),
-            events: format!("{}-events", cfg.table_prefix),
-            keys: format!("{}-keys", cfg.table_prefix),
+            events: schema::EVENTS.table_name(&cfg.table_prefix),
+            keys: schema::KEYS.table_name(&cfg.table_prefix),
             budget,
             counter,
         })
@@ -326,132 +340,6 @@ impl DynamoStore {
     /// included, by operation name (e.g. `"TransactWriteItems"`).
     pub fn request_counts(&self) -> BTreeMap<String, u64> {
         self.counter.0.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// Creates both tables if missing, waits until they are ACTIVE and
-    /// enables TTL on the `ttl` attribute. Idempotent; not bounded by the
-    /// request budget (creating a table takes seconds on AWS), but by 5 min.
-    pub async fn create_tables(&self) -> Result<(), StoreError> {
-        let work = async {
-            self.create_table(&self.events, true).await?;
-            self.create_table(&self.keys, false).await?;
-            self.wait_active(&self.events).await?;
-            self.wait_active(&self.keys).await?;
-            self.enable_ttl(&self.events).await
-        };
-        match tokio::time::timeout(Duration::from_secs(300), work).await {
-            Ok(r) => r,
-            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
-        }
-    }
-
-    async fn create_table(&self, name: &str, events: bool) -> Result<(), StoreError> {
-        let attr = |n: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(StoreError::internal)
-        };
-        let key = |n: &str, t: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(n)
-                .key_type(t)
-                .build()
-                .map_err(StoreError::internal)
-        };
-        let mut req = self
-            .client
-            .create_table()
-            .table_name(name)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr(PK)?)
-            .key_schema(key(PK, KeyType::Hash)?);
-        if events {
-            // The LSI makes the per-type inbox a strongly consistent Query;
-            // KEYS_ONLY: the rest is fetched from the item in the same call.
-            let by_type = LocalSecondaryIndex::builder()
-                .index_name(item::BY_TYPE_INDEX)
-                .key_schema(key(PK, KeyType::Hash)?)
-                .key_schema(key(TSK, KeyType::Range)?)
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
-                .build()
-                .map_err(StoreError::internal)?;
-            req = req
-                .attribute_definitions(attr(SK)?)
-                .attribute_definitions(attr(TSK)?)
-                .key_schema(key(SK, KeyType::Range)?)
-                .local_secondary_indexes(by_type);
-        }
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(CreateTableError::ResourceInUseException(_))
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_err(e)),
-        }
-    }
-
-    async fn wait_active(&self, name: &str) -> Result<(), StoreError> {
-        loop {
-            let out = self
-                .client
-                .describe_table()
-                .table_name(name)
-                .send()
-                .await
-                .map_err(sdk_err)?;
-            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn enable_ttl(&self, name: &str) -> Result<(), StoreError> {
-        let out = self
-            .client
-            .describe_time_to_live()
-            .table_name(name)
-            .send()
-            .await
-            .map_err(sdk_err)?;
-        if let Some(d) = out.time_to_live_description() {
-            let on = matches!(
-                d.time_to_live_status(),
-                Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
-            );
-            if on && d.attribute_name() == Some(TTL) {
-                return Ok(());
-            }
-        }
-        let spec = TimeToLiveSpecification::builder()
-            .enabled(true)
-            .attribute_name(TTL)
-            .build()
-            .map_err(StoreError::internal)?;
-        match self
-            .client
-            .update_time_to_live()
-            .table_name(name)
-            .time_to_live_specification(spec)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            // A concurrent create-tables enabled it first.
-            Err(e) if e.message().is_some_and(|m| m.contains("already enabled")) => Ok(()),
-            Err(e) => Err(sdk_err(e)),
-        }
     }
 
     /// Cuts `work` at the budget: a call never hangs, whatever it does.
@@ -613,15 +501,28 @@ impl DynamoStore {
             .map_err(StoreError::internal)
     }
 
-    async fn insert_inner(&self, e: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
+    /// The writes of one new event, in this order: the dedup record
+    /// (conditional: absent or past the window; `ALL_OLD` on failure), the
+    /// event (conditional: its id is new), its inbox entry, its available
+    /// marker [and its metadata parts]. Also their estimated size.
+    fn insert_writes(
+        &self,
+        e: &NewEvent,
+        dedup: &Dedup,
+    ) -> Result<(Vec<TransactWriteItem>, usize), StoreError> {
         let ts = e.timestamp.timestamp_millis();
         let window = millis(dedup.window);
         // An earlier event with this fingerprint and `ts > cutoff` makes this
         // one a duplicate: judged by the stored timestamp, not by TTL.
         let cutoff = ts.saturating_sub(window);
         let expires = from_millis_saturating(ts.saturating_add(window));
-        let dedup_item = item::dedup_item(&e, &dedup.fingerprint, &expires);
-        let items = item::event_items(&e);
+        let dedup_item = item::dedup_item(e, &dedup.fingerprint, &expires);
+        let items = item::event_items(e);
+        let bytes = item::item_size(&dedup_item)
+            + item::item_size(&items.event)
+            + item::item_size(&items.inbox)
+            + item::item_size(&items.available)
+            + items.parts.iter().map(item::item_size).sum::<usize>();
 
         let dedup_put = Put::builder()
             .table_name(&self.events)
@@ -645,6 +546,9 @@ impl DynamoStore {
             TransactWriteItem::builder()
                 .put(self.put(&self.events, items.inbox)?)
                 .build(),
+            TransactWriteItem::builder()
+                .put(self.put(&self.events, items.available)?)
+                .build(),
         ];
         for part in items.parts {
             writes.push(
@@ -653,52 +557,74 @@ impl DynamoStore {
                     .build(),
             );
         }
+        Ok((writes, bytes))
+    }
 
+    async fn insert_inner(&self, e: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
+        let (writes, _) = self.insert_writes(&e, &dedup)?;
         for _ in 0..4 {
             let Some(reasons) = self.transact(writes.clone()).await? else {
                 return Ok(Inserted::Created);
             };
-            let code = |i: usize| reasons.get(i).map(reason_code);
-            if code(1) == Some(CONDITION_FAILED) {
-                // The event id exists already: a caller retrying the same
-                // NewEvent after an unknown outcome, or an id collision.
-                return Err(StoreError::Conflict);
+            if let Some(dup) = self.dedup_verdict(&e, &dedup, &reasons).await? {
+                return Ok(dup);
             }
-            if code(0) != Some(CONDITION_FAILED) {
-                return Err(StoreError::Internal(Box::new(Message(
-                    "unexpected transaction cancellation",
-                ))));
-            }
-            // The original arrives with the cancellation (ALL_OLD); an
-            // endpoint that omits it costs one consistent read.
-            let original = match reasons.first().and_then(|r| r.item.clone()) {
-                Some(it) => Some(it),
-                None => {
-                    self.get_item(
-                        &self.events,
-                        item::key(
-                            item::dedup_pk(&e.account, &dedup.fingerprint),
-                            item::DEDUP_SK,
-                        ),
-                    )
-                    .await?
-                }
-            };
-            if let Some(original) = original {
-                let (event_id, timestamp) = item::dedup_original(&original)?;
-                if timestamp.timestamp_millis() > cutoff {
-                    return Ok(Inserted::Duplicate {
-                        event_id,
-                        timestamp,
-                    });
-                }
-            }
-            // The record changed between the cancellation and the read:
-            // decide again.
         }
         Err(StoreError::Unavailable(Box::new(Message(
             "dedup record kept changing",
         ))))
+    }
+
+    /// What the cancellation of an event's writes ([`Self::insert_writes`],
+    /// `reasons` in that order) means: a duplicate (`Some`), or `None` when
+    /// the dedup record changed between the cancellation and the read (the
+    /// caller decides again). An event id that exists already (a caller
+    /// retrying the same `NewEvent` after an unknown outcome, or an id
+    /// collision) is `Conflict`.
+    async fn dedup_verdict(
+        &self,
+        e: &NewEvent,
+        dedup: &Dedup,
+        reasons: &[CancellationReason],
+    ) -> Result<Option<Inserted>, StoreError> {
+        let code = |i: usize| reasons.get(i).map(reason_code);
+        if code(1) == Some(CONDITION_FAILED) {
+            return Err(StoreError::Conflict);
+        }
+        if code(0) != Some(CONDITION_FAILED) {
+            return Err(StoreError::Internal(Box::new(Message(
+                "unexpected transaction cancellation",
+            ))));
+        }
+        // The original arrives with the cancellation (ALL_OLD); an
+        // endpoint that omits it costs one consistent read.
+        let original = match reasons
+            .first()
+            .and_then(|r| r.item.clone())
+            .filter(|it| !it.is_empty())
+        {
+            Some(it) => Some(it),
+            None => {
+                self.get_item(
+                    &self.events,
+                    item::key(
+                        item::dedup_pk(&e.account, &dedup.fingerprint),
+                        item::DEDUP_SK,
+                    ),
+                )
+                .await?
+            }
+        };
+        if let Some(original) = original {
+            let (event_id, timestamp) = item::dedup_original(&original)?;
+            if timestamp.timestamp_millis() > dedup_cutoff(e, dedup) {
+                return Ok(Some(Inserted::Duplicate {
+                    event_id,
+                    timestamp,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     async fn get_event_inner(
@@ -736,7 +662,10 @@ impl DynamoStore {
             None => None,
             Some(p) => Some(Uuid::from_slice(&p.0).map_err(|_| corrupt("inbox position"))?),
         };
-        let pk = item::s(item::inbox_pk(account));
+        let pk = item::s(match query.state {
+            InboxState::Inbox => item::inbox_pk(account),
+            InboxState::Quarantined => item::quarantine_pk(account),
+        });
         let items = match &query.event_type {
             None => {
                 let (cond, vals) = match after {
@@ -854,10 +783,29 @@ impl DynamoStore {
                 .set_key(Some(item::key(item::inbox_pk(account), item::inbox_sk(id))))
                 .build()
                 .map_err(StoreError::internal)?;
+            // A quarantined event's entry, or an available one's marker;
+            // a leased one's marker stays until a lease finds it stale.
+            let also = [
+                item::key(item::quarantine_pk(account), item::inbox_sk(id)),
+                item::key(item::available_pk(account), id.to_string()),
+            ];
             let mut writes = vec![
                 TransactWriteItem::builder().update(update).build(),
                 TransactWriteItem::builder().delete(remove).build(),
             ];
+            for key in also {
+                writes.push(
+                    TransactWriteItem::builder()
+                        .delete(
+                            Delete::builder()
+                                .table_name(&self.events)
+                                .set_key(Some(key))
+                                .build()
+                                .map_err(StoreError::internal)?,
+                        )
+                        .build(),
+                );
+            }
             for i in 0..parts.unwrap_or(0) {
                 let part = Update::builder()
                     .table_name(&self.events)
@@ -1114,6 +1062,34 @@ impl Store for DynamoStore {
         self.within(self.insert_inner(event, dedup)).await
     }
 
+    /// TransactWriteItems of up to 100 items (4 per event: 25 events each
+    /// without metadata parts), all sent at once; a transaction cancelled
+    /// by duplicates is sent again without them (the cancellation carries
+    /// each original). 100 new events: 4 requests.
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
+        self.within(self.insert_events_inner(events)).await
+    }
+
+    /// One conditional PutItem (its failure returns the live record).
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.within(self.claim_idempotency_inner(claim)).await
+    }
+
+    /// One conditional UpdateItem (keep) or DeleteItem (release).
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        self.within(self.finish_idempotency_inner(account, key, token, finish))
+            .await
+    }
+
     /// One strongly consistent GetItem (plus one Query for an event whose
     /// metadata lives in parts).
     async fn get_event(
@@ -1149,12 +1125,69 @@ impl Store for DynamoStore {
             .await
     }
 
-    /// DynamoDB's TTL deletes delivered events and dedup records (the `ttl`
-    /// attribute); reads already hide what is past its cutoff. Nothing to do.
+    /// Two Queries at once (the account's available markers, `limit`; its
+    /// ended leases' markers, up to 1,000), one consistent BatchGetItem of
+    /// the candidates' event items, then TransactWriteItems of up to 100
+    /// items (24 events and a chunk of the lease record), all at once; each
+    /// event's writes are conditional on the state it was read in. Events
+    /// lost to a concurrent call are skipped and looked for again (up to 4
+    /// rounds).
+    async fn lease(
+        &self,
+        account: &AccountId,
+        req: &LeaseRequest,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.within(self.lease_inner(account, req)).await
+    }
+
+    /// One Query of the lease record, then TransactWriteItems (4 items per
+    /// event, plus its metadata parts) conditional on the event being held
+    /// by this lease and undelivered.
+    async fn ack_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.within(self.ack_leased_inner(account, lease_id, event_ids, now, delivered_cutoff))
+            .await
+    }
+
+    /// One Query of the lease record, then TransactWriteItems (4 items per
+    /// event, 2 for a quarantined one) conditional on the lease.
+    async fn release_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.within(self.release_leased_inner(account, lease_id, event_ids, delivered_cutoff))
+            .await
+    }
+
+    /// One consistent GetItem, then one TransactWriteItems conditional on
+    /// the state read.
+    async fn requeue(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<RequeueOutcome, StoreError> {
+        self.within(self.requeue_inner(account, event_id, delivered_cutoff))
+            .await
+    }
+
+    /// DynamoDB's TTL deletes delivered events, dedup and idempotency
+    /// records (the `ttl` attribute); reads already hide what is past its
+    /// cutoff. Nothing to do.
     async fn purge(
         &self,
         _delivered_cutoff: DateTime<Utc>,
         _dedup_cutoff: DateTime<Utc>,
+        _idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         Ok(0)
     }

@@ -10,12 +10,41 @@
 //! `keys` CLI) may open the same file: `BEGIN IMMEDIATE` plus a busy timeout
 //! serialise their writers.
 //!
+//! A batch of events (`insert_events`) is one job: every event with its
+//! dedup check, in order, in the job's savepoint, so the batch commits
+//! whole or not at all, and a later event of the batch sees the dedup
+//! records of the earlier ones. Idempotency keys are rows of
+//! `idempotency` (see `MIGRATE_V3`), claimed and finished by writer jobs
+//! (the read and the write of a claim are one atomic step).
+//!
+//! Leases are writes like any other, so the one writer serialises them: a
+//! lease reads its candidates and marks them in one job, and no two leases
+//! can take one event. The lease state lives in columns of `events`
+//! (`lease_count`, `leased_until_ms`, `lease_id`, `quarantined`); partial
+//! indexes by state let leasing read only available rows and listings only
+//! their own state (see `MIGRATE_V2`). Each lease is recorded in `leases`
+//! (its id, account, end and event ids) for ack and release.
+//!
 //! WAL checkpoints (copying committed pages from the WAL into the database
 //! file, then fsyncing it) run on a background thread of their own, not
-//! inline in the writer after a commit, so the group-commit pipeline never
-//! waits for one. They do not affect durability: a commit is durable once
-//! its WAL frames are fsynced. The writer keeps SQLite's automatic
-//! checkpoint as a backstop at a larger WAL size.
+//! inline in the writer after a commit, so the group-commit pipeline does
+//! not wait for the bulk of that work. They do not affect durability: a
+//! commit is durable once its WAL frames are fsynced.
+//!
+//! The WAL must also be *restarted* (written again from its beginning) now
+//! and then, or it grows without bound. SQLite restarts it only when a
+//! write transaction begins while every frame in it has been copied, which
+//! a background checkpoint never achieves under a steady stream of commits
+//! (new frames arrive while it copies). So the WAL grows until SQLite's
+//! automatic checkpoint in the writer (at `WRITER_AUTOCHECKPOINT_PAGES`)
+//! copies what is left, inline, after a commit; the next group then
+//! restarts it. Every group waits for that copy and the database fsync that
+//! ends it, so it must be small: the background checkpointer therefore runs
+//! every `CHECKPOINT_EVERY` (10 ms) while commits keep coming, leaving at
+//! most a few milliseconds of frames for the writer. (At 200 ms it left up
+//! to 200 ms of frames — ~5 WAL pages per 1 KiB event, tens of MiB under
+//! load — and that inline copy was the largest source of POST tail latency;
+//! see docs/performance.md, "Tail latency".)
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,12 +56,13 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
-    StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, InboxState,
+    Insert, Inserted, KeptResponse, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome,
+    Settled, Store, StoreError,
 };
 use crate::domain::{
-    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus, Role,
-    Source,
+    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, IdempotencyKey, JsonObject, KeyId,
+    KeyStatus, LeaseId, Role, Source,
 };
 
 const MAX_BATCH: usize = 512;
@@ -40,14 +70,22 @@ const QUEUE: usize = 8192;
 const READERS_KEPT: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const PURGE_CHUNK: i64 = 5000;
-const SCHEMA_VERSION: i64 = 1;
-/// How often the background checkpointer runs a passive checkpoint.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// The writer's own automatic checkpoint, in WAL pages: only a backstop
-/// should the background checkpointer fall behind (SQLite's default is 1000).
+/// 1: events, dedup, keys, secrets. 2: leases (columns on `events`, the
+/// `leases` table, indexes by state). 3: idempotency keys.
+const SCHEMA_VERSION: i64 = 3;
+/// How often the background checkpointer runs a passive checkpoint while
+/// the WAL keeps changing: often, so that little is left for the writer's
+/// automatic checkpoint (see the module docs).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(10);
+/// ... and once a pass found nothing new since the previous one.
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(50);
+/// The writer's own automatic checkpoint, in WAL pages (SQLite's default is
+/// 1000): it restarts the WAL, which therefore stays under ~40 MiB.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
-const SCHEMA: &str = "
+/// Version 1, as it was released: what a new file starts from before the
+/// migrations below run (so a new file and an upgraded one are alike).
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS events (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id        BLOB    NOT NULL UNIQUE,
@@ -91,6 +129,59 @@ CREATE TABLE IF NOT EXISTS secrets (
 ) WITHOUT ROWID;
 ";
 
+/// Version 1 to 2: leases. Every undelivered event is in one of the
+/// partial indexes below by state, so that listing the inbox skips the
+/// quarantined, listing the quarantine skips the rest, and leasing reads
+/// only available rows: `leased_until_ms` is 0 for an event never leased
+/// (or released, or requeued), else the end of its latest lease; leasing
+/// takes the `= 0` range in `seq` order and the expired range
+/// (`1..=now`) beside it, never a row whose lease is running.
+const MIGRATE_V2: &str = "
+ALTER TABLE events ADD COLUMN lease_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN leased_until_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN lease_id BLOB;
+ALTER TABLE events ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS events_inbox;
+DROP INDEX IF EXISTS events_inbox_by_type;
+CREATE INDEX events_open ON events (account, quarantined, seq)
+    WHERE delivered_at_ms IS NULL;
+CREATE INDEX events_open_by_type ON events (account, event_type, quarantined, seq)
+    WHERE delivered_at_ms IS NULL;
+CREATE INDEX events_leasable ON events (account, leased_until_ms, seq)
+    WHERE delivered_at_ms IS NULL AND quarantined = 0;
+CREATE INDEX events_leasable_by_type ON events (account, event_type, leased_until_ms, seq)
+    WHERE delivered_at_ms IS NULL AND quarantined = 0;
+CREATE TABLE leases (
+    lease_id        BLOB    PRIMARY KEY,
+    account         TEXT    NOT NULL,
+    leased_until_ms INTEGER NOT NULL,
+    -- 16 bytes per event id, in the order the lease returned them
+    event_ids       BLOB    NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX leases_until ON leases (leased_until_ms);
+";
+
+/// Version 2 to 3: idempotency keys. One row per (account, key): the
+/// request digest, the token of the claim that made it, its expiry (the
+/// claim's lapse while in flight, the kept response's end once finished)
+/// and, once finished, the response. A row whose expiry has passed counts
+/// as absent; the purge deletes it (`idempotency_expires`). A rowid table:
+/// a kept body can be tens of KiB.
+const MIGRATE_V3: &str = "
+CREATE TABLE idempotency (
+    account    TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    request    BLOB    NOT NULL,
+    token      BLOB    NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    -- NULL while in flight
+    status     INTEGER,
+    body       BLOB,
+    PRIMARY KEY (account, key)
+);
+CREATE INDEX idempotency_expires ON idempotency (expires_ms);
+";
+
 /// Why a group commit failed; the cause is logged by the writer.
 #[derive(Debug, thiserror::Error)]
 #[error("sqlite commit failed ({code:?})")]
@@ -132,7 +223,24 @@ fn map_ref(e: &rusqlite::Error) -> StoreError {
     }
 }
 
-type Completion = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+/// SQLite rolled a group's transaction back by itself part-way through it
+/// (it may on SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM or SQLITE_BUSY); the
+/// cause is logged with the job that hit it.
+#[derive(Debug, thiserror::Error)]
+#[error("sqlite rolled the transaction back (disk full, I/O error, out of memory or busy)")]
+struct RolledBack;
+
+/// How the transaction a job ran in ended.
+enum End<'a> {
+    /// Committed and durable.
+    Committed,
+    /// COMMIT failed with this error (the outcome may be unknown).
+    Failed(&'a rusqlite::Error),
+    /// Rolled back by SQLite itself: nothing the job wrote is on disk.
+    RolledBack,
+}
+
+type Completion = Box<dyn FnOnce(End<'_>) + Send>;
 type Job = Box<dyn FnOnce(Result<&Connection, &rusqlite::Error>) -> Completion + Send>;
 
 pub struct SqliteStore {
@@ -143,23 +251,45 @@ pub struct SqliteStore {
     _alive: Arc<()>,
 }
 
-/// Passive checkpoints every `CHECKPOINT_EVERY` on a connection of its own,
-/// until the store is dropped. Errors (e.g. busy) are left for the next turn.
+/// `PRAGMA wal_checkpoint(PASSIVE)`: (busy, frames in the WAL, frames
+/// copied into the database file).
+fn passive_checkpoint(conn: &Connection) -> Result<(i64, i64, i64), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
+
+/// Passive checkpoints on a connection of its own, every `CHECKPOINT_EVERY`
+/// while the WAL keeps changing (`CHECKPOINT_IDLE` otherwise), until the
+/// store is dropped. Errors (e.g. busy) are left for the next turn.
 fn checkpoint_loop(path: Arc<Path>, alive: std::sync::Weak<()>) {
     let Ok(conn) = open_conn(&path) else {
         tracing::warn!("sqlite checkpointer could not open the database; the writer's automatic checkpoint remains");
         return;
     };
+    let mut last = (0, 0);
+    let mut pause = CHECKPOINT_IDLE;
     loop {
-        std::thread::sleep(CHECKPOINT_EVERY);
+        std::thread::sleep(pause);
         if alive.upgrade().is_none() {
             return;
         }
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(
-                error = &e as &dyn std::error::Error,
-                "sqlite checkpoint skipped"
-            );
+        match passive_checkpoint(&conn) {
+            Ok((_busy, frames, copied)) => {
+                pause = if (frames, copied) == last {
+                    CHECKPOINT_IDLE
+                } else {
+                    CHECKPOINT_EVERY
+                };
+                last = (frames, copied);
+            }
+            Err(e) => {
+                tracing::debug!(
+                    error = &e as &dyn std::error::Error,
+                    "sqlite checkpoint skipped"
+                );
+                pause = CHECKPOINT_EVERY;
+            }
         }
     }
 }
@@ -181,14 +311,49 @@ fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// Settings of an embedded store; `Default` is what [`SqliteStore::open`] uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// A disk budget for the database file, in bytes (`None`: no limit but
+    /// the disk's). Enforced by SQLite (`PRAGMA max_page_count`, rounded down
+    /// to whole pages) on this store's writes: a write that would grow the
+    /// file past it fails with `StoreError::Unavailable` and writes nothing,
+    /// while reads, acknowledgements and purges keep working (freed pages are
+    /// reused). It counts the main database file only, not the WAL (which
+    /// checkpoints keep short) and not writes by other processes (the `keys`
+    /// CLI) that open the file without it. A budget below the file's current
+    /// size holds it at that size.
+    pub max_db_bytes: Option<u64>,
+}
+
+impl SqliteOptions {
+    /// With a disk budget of `bytes` for the database file.
+    pub fn max_db_bytes(mut self, bytes: u64) -> Self {
+        self.max_db_bytes = Some(bytes);
+        self
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and its folder.
+    /// Opens (creating if needed) the database file and its folder, with the
+    /// default options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the database file and its folder.
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(StoreError::unavailable)?;
         }
         let mut conn = open_conn(path).map_err(map_err)?;
-        let version: i64 = conn
+        // The version is read inside the write transaction, so two processes
+        // opening one old file migrate it once.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(map_err)?;
         if version > SCHEMA_VERSION {
@@ -196,15 +361,39 @@ impl SqliteStore {
                 what: "database schema is newer than this binary",
             });
         }
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(map_err)?;
-        tx.execute_batch(SCHEMA).map_err(map_err)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(map_err)?;
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1).map_err(map_err)?;
+        }
+        if version < 2 {
+            tx.execute_batch(MIGRATE_V2).map_err(map_err)?;
+        }
+        if version < 3 {
+            tx.execute_batch(MIGRATE_V3).map_err(map_err)?;
+        }
+        if version != SCHEMA_VERSION {
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(map_err)?;
+            tracing::info!(
+                from = version,
+                to = SCHEMA_VERSION,
+                "sqlite schema upgraded"
+            );
+        }
         tx.commit().map_err(map_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
             .map_err(map_err)?;
+        if let Some(bytes) = options.max_db_bytes {
+            let page_size: u64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+                .map_err(map_err)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { what: "page size" })?;
+            // Only the writer connection writes pages, so only it needs the
+            // limit. SQLite keeps it at least the current page count.
+            let pages = i64::try_from((bytes / page_size.max(1)).max(1)).unwrap_or(i64::MAX);
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(map_err)?;
+        }
 
         let (jobs, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
@@ -243,10 +432,15 @@ impl SqliteStore {
                 }
             };
             let result = in_savepoint(conn, f);
-            Box::new(move |commit| {
-                let _ = tx.send(match commit {
-                    Ok(()) => result,
-                    Err(e) => Err(map_ref(e)),
+            Box::new(move |end| {
+                let _ = tx.send(match end {
+                    End::Committed => result,
+                    End::Failed(e) => Err(map_ref(e)),
+                    // A job that failed wrote nothing either way: its own
+                    // error stands. One that succeeded was undone.
+                    End::RolledBack => {
+                        result.and_then(|_| Err(StoreError::unavailable(RolledBack)))
+                    }
                 });
             })
         });
@@ -283,30 +477,51 @@ impl SqliteStore {
     }
 }
 
+/// Runs `f` in a savepoint of the writer's open transaction: on error, what
+/// `f` wrote is undone and the rest of the group goes on. If SQLite rolls the
+/// whole transaction back meanwhile (see [`RolledBack`]), the writer notices
+/// (`is_autocommit`) and answers the group accordingly.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    // Outside a transaction, SAVEPOINT would begin one of its own and RELEASE
+    // would commit it, apart from the group and its answers.
+    if conn.is_autocommit() {
+        return Err(StoreError::internal(
+            "sqlite write job outside the group transaction",
+        ));
+    }
     conn.execute_batch("SAVEPOINT job").map_err(map_err)?;
-    match f(conn) {
-        Ok(v) => {
-            conn.execute_batch("RELEASE job").map_err(map_err)?;
-            Ok(v)
-        }
-        Err(e) => {
-            if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
-                tracing::error!(
-                    error = &rb as &dyn std::error::Error,
-                    "savepoint rollback failed"
-                );
-            }
-            Err(e)
+    let result = f(conn).and_then(|v| {
+        conn.execute_batch("RELEASE job")
+            .map(|()| v)
+            .map_err(map_err)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        if let Err(rb) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+            // The job's writes may still be in the transaction: give it up
+            // whole rather than commit them under an error answer.
+            tracing::error!(
+                error = &rb as &dyn std::error::Error,
+                "savepoint rollback failed; rolling back the group"
+            );
+            let _ = conn.execute_batch("ROLLBACK");
         }
     }
+    result
 }
 
+/// Group commit: every waiting job (up to `MAX_BATCH`) runs in its own
+/// savepoint of one transaction, then one COMMIT (one fsync) and only then
+/// the answers. Should SQLite roll that transaction back by itself part-way
+/// (disk full, I/O error, ...), every job run in it so far is answered with
+/// an error — none of it is on disk — and the rest of the group continues in
+/// a new transaction, so no job ever runs, or commits, outside a transaction
+/// whose outcome its answer reports.
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut ran: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -315,21 +530,42 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
-            for job in batch.drain(..) {
-                // The job answered its caller with the error; nothing to complete.
-                let _ = job(Err(&e));
+        let mut jobs = batch.drain(..);
+        while let Some(job) = jobs.next() {
+            if conn.is_autocommit() {
+                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    tracing::error!(error = &e as &dyn std::error::Error, "sqlite BEGIN failed");
+                    // Each job answers its caller with the error; nothing to complete.
+                    let _ = job(Err(&e));
+                    jobs.by_ref().for_each(|job| drop(job(Err(&e))));
+                    break;
+                }
             }
+            let completion = job(Ok(&conn));
+            if conn.is_autocommit() {
+                tracing::error!(
+                    writes = ran.len() + 1,
+                    "sqlite rolled back a group commit by itself; answering its writes with an error"
+                );
+                ran.drain(..)
+                    .chain(std::iter::once(completion))
+                    .for_each(|c| c(End::RolledBack));
+            } else {
+                ran.push(completion);
+            }
+        }
+        drop(jobs);
+        if ran.is_empty() {
             continue;
         }
-        let completions: Vec<Completion> = batch.drain(..).map(|job| job(Ok(&conn))).collect();
         match conn.execute_batch("COMMIT") {
-            Ok(()) => completions.into_iter().for_each(|c| c(Ok(()))),
+            Ok(()) => ran.drain(..).for_each(|c| c(End::Committed)),
             Err(e) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "sqlite COMMIT failed");
-                let _ = conn.execute_batch("ROLLBACK");
-                completions.into_iter().for_each(|c| c(Err(&e)));
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                ran.drain(..).for_each(|c| c(End::Failed(&e)));
             }
         }
     }
@@ -347,8 +583,8 @@ fn id_bytes(id: &EventId) -> [u8; 16] {
     *id.as_uuid().as_bytes()
 }
 
-const EVENT_COLS: &str =
-    "seq, event_id, account, event_type, payload, source, metadata, ts_ms, delivered_at_ms";
+const EVENT_COLS: &str = "seq, event_id, account, event_type, payload, source, metadata, ts_ms, \
+     delivered_at_ms, lease_count, leased_until_ms, quarantined";
 
 fn row_to_event(row: &Row<'_>) -> Result<(i64, Event), StoreError> {
     let get_err = |_| StoreError::Corrupt { what: "event row" };
@@ -362,6 +598,9 @@ fn row_to_event(row: &Row<'_>) -> Result<(i64, Event), StoreError> {
     let metadata: String = row.get(6).map_err(get_err)?;
     let ts: i64 = row.get(7).map_err(get_err)?;
     let delivered_at: Option<i64> = row.get(8).map_err(get_err)?;
+    let lease_count: i64 = row.get(9).map_err(get_err)?;
+    let leased_until: i64 = row.get(10).map_err(get_err)?;
+    let quarantined: i64 = row.get(11).map_err(get_err)?;
     let corrupt = |what| move |_| StoreError::Corrupt { what };
     Ok((
         seq,
@@ -378,6 +617,13 @@ fn row_to_event(row: &Row<'_>) -> Result<(i64, Event), StoreError> {
             timestamp: from_ms(ts)?,
             delivered: delivered_at.is_some(),
             delivered_at: delivered_at.map(from_ms).transpose()?,
+            lease_count: u32::try_from(lease_count).map_err(|_| StoreError::Corrupt {
+                what: "lease_count",
+            })?,
+            leased_until: (leased_until != 0)
+                .then(|| from_ms(leased_until))
+                .transpose()?,
+            quarantined: quarantined != 0,
         },
     ))
 }
@@ -419,6 +665,311 @@ fn select_key(conn: &Connection, key_id: &str) -> Result<Option<ApiKeyRecord>, S
         Some(row) => row_to_key(row).map(Some),
         None => Ok(None),
     }
+}
+
+fn lease_bytes(id: &LeaseId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
+}
+
+/// `seq`s of the account's available events, at most `limit` of each kind:
+/// never leased (or released), and whose lease ended by `now`. Each is one
+/// range of `events_leasable[_by_type]`; no running lease is read.
+fn available_seqs(
+    c: &Connection,
+    account: &AccountId,
+    event_type: Option<&EventType>,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let mut seqs = Vec::new();
+    for ended in [false, true] {
+        let sql = available_sql(event_type.is_some(), ended);
+        let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
+        let mut rows = match (event_type, ended) {
+            (Some(t), true) => stmt.query(params![account.as_str(), limit, now, t.as_str()]),
+            (Some(t), false) => {
+                stmt.query(params![account.as_str(), limit, None::<i64>, t.as_str()])
+            }
+            (None, true) => stmt.query(params![account.as_str(), limit, now]),
+            (None, false) => stmt.query(params![account.as_str(), limit]),
+        }
+        .map_err(map_err)?;
+        while let Some(row) = rows.next().map_err(map_err)? {
+            seqs.push(row.get::<_, i64>(0).map_err(map_err)?);
+        }
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(seqs)
+}
+
+/// An inbox or quarantine page: `?1` account, `?2` after, `?3` limit, `?4`
+/// type, `?5` quarantined (0 or 1); `events_open[_by_type]` in order.
+fn inbox_sql(typed: bool) -> String {
+    let type_clause = if typed {
+        "event_type = ?4"
+    } else {
+        "?4 IS NULL"
+    };
+    format!(
+        "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND {type_clause} \
+         AND quarantined = ?5 AND delivered_at_ms IS NULL AND seq > ?2 \
+         ORDER BY seq LIMIT ?3"
+    )
+}
+
+/// The candidates query: `?1` account, `?2` limit, `?3` now, `?4` type.
+/// Never leased (or released): `leased_until_ms = 0`, read in `seq` order
+/// straight from the index. Ended leases: `1..=now`, sorted (only rows that
+/// are available are read).
+fn available_sql(typed: bool, ended: bool) -> String {
+    let type_clause = if typed { "AND event_type = ?4" } else { "" };
+    let range = if ended {
+        "leased_until_ms BETWEEN 1 AND ?3"
+    } else {
+        "leased_until_ms = 0"
+    };
+    format!(
+        "SELECT seq FROM events WHERE account = ?1 {type_clause} \
+         AND delivered_at_ms IS NULL AND quarantined = 0 AND {range} \
+         ORDER BY seq LIMIT ?2"
+    )
+}
+
+fn lease_in(
+    c: &Connection,
+    account: &AccountId,
+    req: &LeaseRequest,
+) -> Result<Vec<Event>, StoreError> {
+    let limit = i64::from(req.limit.clamp(1, 100));
+    let seqs = available_seqs(c, account, req.event_type.as_ref(), ms(req.now), limit)?;
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut read = c
+        .prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE seq = ?1"))
+        .map_err(map_err)?;
+    // Two statements, so that the usual lease does not name `quarantined`
+    // (an UPDATE that sets a column rewrites the entries of every index on
+    // it, here `events_open[_by_type]`, even to the same value).
+    let mut update = c
+        .prepare_cached(
+            "UPDATE events SET lease_count = lease_count + 1, leased_until_ms = ?2, \
+             lease_id = ?3 WHERE seq = ?1",
+        )
+        .map_err(map_err)?;
+    let mut last_update = c
+        .prepare_cached(
+            "UPDATE events SET lease_count = lease_count + 1, leased_until_ms = ?2, \
+             lease_id = ?3, quarantined = 1 WHERE seq = ?1",
+        )
+        .map_err(map_err)?;
+    let (until, lease) = (ms(req.leased_until), lease_bytes(&req.lease_id));
+    let max_leases = i64::from(req.max_leases.max(1));
+    let mut events = Vec::with_capacity(seqs.len());
+    let mut ids = Vec::with_capacity(seqs.len() * 16);
+    let mut bytes = 0usize;
+    for seq in seqs {
+        let mut ev = read
+            .query_row(params![seq], |row| Ok(row_to_event(row)))
+            .map_err(map_err)??
+            .1;
+        bytes = bytes.saturating_add(ev.approx_bytes());
+        if bytes > req.max_bytes && !events.is_empty() {
+            break;
+        }
+        ev.lease_count = ev.lease_count.saturating_add(1);
+        ev.leased_until = Some(req.leased_until);
+        ev.quarantined = i64::from(ev.lease_count) >= max_leases;
+        let stmt = if ev.quarantined {
+            &mut last_update
+        } else {
+            &mut update
+        };
+        stmt.execute(params![seq, until, lease.as_slice()])
+            .map_err(map_err)?;
+        ids.extend_from_slice(&id_bytes(&ev.event_id));
+        events.push(ev);
+    }
+    c.prepare_cached(
+        "INSERT INTO leases (lease_id, account, leased_until_ms, event_ids) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(map_err)?
+    .execute(params![lease.as_slice(), account.as_str(), until, ids])
+    .map_err(map_err)?;
+    Ok(events)
+}
+
+/// The event ids a lease of `account` holds, unless it is unknown or past
+/// the cutoff.
+fn lease_record(
+    c: &Connection,
+    account: &AccountId,
+    lease: &LeaseId,
+    cutoff: i64,
+) -> Result<Option<Vec<EventId>>, StoreError> {
+    let row: Option<(i64, Vec<u8>)> = c
+        .prepare_cached(
+            "SELECT leased_until_ms, event_ids FROM leases WHERE lease_id = ?1 AND account = ?2",
+        )
+        .map_err(map_err)?
+        .query_row(
+            params![lease_bytes(lease).as_slice(), account.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(map_err)?;
+    let Some((until, bytes)) = row else {
+        return Ok(None);
+    };
+    if until <= cutoff {
+        return Ok(None);
+    }
+    bytes
+        .chunks(16)
+        .map(|b| {
+            uuid::Uuid::from_slice(b)
+                .map(EventId::from_uuid)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "lease event id",
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// Runs `one` for every listed id the lease holds (by its record); `one`
+/// says whether the event was still the lease's (its conditional UPDATE
+/// changed a row).
+fn settle_in(
+    c: &Connection,
+    account: &AccountId,
+    lease: &LeaseId,
+    wanted: Option<&[EventId]>,
+    cutoff: i64,
+    mut one: impl FnMut(&[u8; 16]) -> Result<bool, StoreError>,
+) -> Result<Option<Settled>, StoreError> {
+    let Some(held) = lease_record(c, account, lease, cutoff)? else {
+        return Ok(None);
+    };
+    let of_lease: std::collections::HashSet<EventId> = held.iter().copied().collect();
+    let ids = match wanted {
+        Some(w) => {
+            let mut seen = std::collections::HashSet::new();
+            w.iter().copied().filter(|id| seen.insert(*id)).collect()
+        }
+        None => held,
+    };
+    let mut out = Settled::default();
+    for id in ids {
+        if of_lease.contains(&id) && one(&id_bytes(&id))? {
+            out.done.push(id);
+        } else {
+            out.stale.push(id);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Inserts one event unless it is a duplicate (within the writer's
+/// transaction: the dedup check and the insert are one atomic step).
+fn insert_in(c: &Connection, e: &NewEvent, dedup: &Dedup) -> Result<Inserted, StoreError> {
+    let window_ms = i64::try_from(dedup.window.as_millis()).unwrap_or(i64::MAX);
+    let account = e.account.as_str();
+    let ts = ms(e.timestamp);
+    let prior: Option<(Vec<u8>, i64)> = c
+        .prepare_cached("SELECT event_id, ts_ms FROM dedup WHERE account = ?1 AND fingerprint = ?2")
+        .map_err(map_err)?
+        .query_row(params![account, dedup.fingerprint.0.as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(map_err)?;
+    if let Some((id, orig_ts)) = prior {
+        if orig_ts.saturating_add(window_ms) > ts {
+            let id = uuid::Uuid::from_slice(&id).map_err(|_| StoreError::Corrupt {
+                what: "dedup event id",
+            })?;
+            return Ok(Inserted::Duplicate {
+                event_id: EventId::from_uuid(id),
+                timestamp: from_ms(orig_ts)?,
+            });
+        }
+    }
+    let id = id_bytes(&e.event_id);
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO dedup (account, fingerprint, event_id, ts_ms) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(map_err)?
+    .execute(params![account, dedup.fingerprint.0.as_slice(), id.as_slice(), ts])
+    .map_err(map_err)?;
+    c.prepare_cached(
+        "INSERT INTO events (event_id, account, event_type, payload, source, metadata, ts_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .map_err(map_err)?
+    .execute(params![
+        id.as_slice(),
+        account,
+        e.event_type.as_str(),
+        e.payload.as_str(),
+        e.source.as_ref().map(Source::as_str),
+        e.metadata.as_str(),
+        ts
+    ])
+    .map_err(map_err)?;
+    Ok(Inserted::Created)
+}
+
+/// [`Store::claim_idempotency_key`] in the writer's transaction: the read
+/// and the write are one atomic step.
+fn claim_in(c: &Connection, claim: &IdempotencyClaim) -> Result<ClaimOutcome, StoreError> {
+    let (account, key) = (claim.account.as_str(), claim.key.as_str());
+    /// request, expires_ms, status, body
+    type Row = (Vec<u8>, i64, Option<i64>, Option<Vec<u8>>);
+    let row: Option<Row> = c
+        .prepare_cached(
+            "SELECT request, expires_ms, status, body FROM idempotency \
+             WHERE account = ?1 AND key = ?2",
+        )
+        .map_err(map_err)?
+        .query_row(params![account, key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .map_err(map_err)?;
+    if let Some((request, expires_ms, status, body)) = row {
+        if expires_ms > ms(claim.now) {
+            let same_request = request.as_slice() == claim.request.as_slice();
+            return Ok(match status {
+                None => ClaimOutcome::InFlight { same_request },
+                Some(status) => ClaimOutcome::Kept {
+                    same_request,
+                    response: KeptResponse {
+                        status: u16::try_from(status).map_err(|_| StoreError::Corrupt {
+                            what: "idempotency status",
+                        })?,
+                        body: body.unwrap_or_default(),
+                    },
+                },
+            });
+        }
+    }
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency (account, key, request, token, expires_ms, status, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL)",
+    )
+    .map_err(map_err)?
+    .execute(params![
+        account,
+        key,
+        claim.request.as_slice(),
+        claim.token.as_bytes().as_slice(),
+        ms(claim.lapses_at)
+    ])
+    .map_err(map_err)?;
+    Ok(ClaimOutcome::Claimed)
 }
 
 fn decode_position(p: &Position) -> Result<i64, StoreError> {
@@ -563,51 +1114,71 @@ impl Store for SqliteStore {
     }
 
     async fn insert_event(&self, e: NewEvent, dedup: Dedup) -> Result<Inserted, StoreError> {
-        let window_ms = i64::try_from(dedup.window.as_millis()).unwrap_or(i64::MAX);
+        self.write(move |c| insert_in(c, &e, &dedup)).await
+    }
+
+    /// One job of the writer: every event in its savepoint, in order (a
+    /// later one sees the dedup records of the earlier ones), committed in
+    /// one group transaction: all or none.
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
         self.write(move |c| {
-            let account = e.account.as_str();
-            let ts = ms(e.timestamp);
-            let prior: Option<(Vec<u8>, i64)> = c
-                .prepare_cached("SELECT event_id, ts_ms FROM dedup WHERE account = ?1 AND fingerprint = ?2")
-                .map_err(map_err)?
-                .query_row(params![account, dedup.fingerprint.0.as_slice()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-                .map_err(map_err)?;
-            if let Some((id, orig_ts)) = prior {
-                if orig_ts.saturating_add(window_ms) > ts {
-                    let id = uuid::Uuid::from_slice(&id)
-                        .map_err(|_| StoreError::Corrupt { what: "dedup event id" })?;
-                    return Ok(Inserted::Duplicate {
-                        event_id: EventId::from_uuid(id),
-                        timestamp: from_ms(orig_ts)?,
-                    });
-                }
+            events
+                .iter()
+                .map(|i| insert_in(c, &i.event, &i.dedup))
+                .collect()
+        })
+        .await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let claim = claim.clone();
+        self.write(move |c| claim_in(c, &claim)).await
+    }
+
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        let (account, key) = (account.clone(), key.clone());
+        self.write(move |c| {
+            let n = match finish {
+                Finish::Keep {
+                    response,
+                    expires_at,
+                } => c
+                    .prepare_cached(
+                        "UPDATE idempotency SET status = ?4, body = ?5, expires_ms = ?6 \
+                         WHERE account = ?1 AND key = ?2 AND token = ?3 AND status IS NULL",
+                    )
+                    .map_err(map_err)?
+                    .execute(params![
+                        account.as_str(),
+                        key.as_str(),
+                        token.as_bytes().as_slice(),
+                        response.status,
+                        response.body,
+                        ms(expires_at)
+                    ]),
+                Finish::Release => c
+                    .prepare_cached(
+                        "DELETE FROM idempotency WHERE account = ?1 AND key = ?2 AND token = ?3 \
+                         AND status IS NULL",
+                    )
+                    .map_err(map_err)?
+                    .execute(params![
+                        account.as_str(),
+                        key.as_str(),
+                        token.as_bytes().as_slice()
+                    ]),
             }
-            let id = id_bytes(&e.event_id);
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO dedup (account, fingerprint, event_id, ts_ms) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(map_err)?
-            .execute(params![account, dedup.fingerprint.0.as_slice(), id.as_slice(), ts])
             .map_err(map_err)?;
-            c.prepare_cached(
-                "INSERT INTO events (event_id, account, event_type, payload, source, metadata, ts_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(map_err)?
-            .execute(params![
-                id.as_slice(),
-                account,
-                e.event_type.as_str(),
-                e.payload.as_str(),
-                e.source.as_ref().map(Source::as_str),
-                e.metadata.as_str(),
-                ts
-            ])
-            .map_err(map_err)?;
-            Ok(Inserted::Created)
+            Ok(n == 1)
         })
         .await
     }
@@ -645,26 +1216,18 @@ impl Store for SqliteStore {
             .transpose()?
             .unwrap_or(0);
         let (account, event_type, limit) = (account.clone(), q.event_type.clone(), q.limit);
+        let quarantined = i64::from(q.state == InboxState::Quarantined);
         let max_bytes = q.max_bytes;
         self.read(move |c| {
-            let sql = if event_type.is_some() {
-                format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND event_type = ?4 \
-                     AND delivered_at_ms IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
-                )
-            } else {
-                format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE account = ?1 AND ?4 IS NULL \
-                     AND delivered_at_ms IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
-                )
-            };
+            let sql = inbox_sql(event_type.is_some());
             let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
             let mut rows = stmt
                 .query(params![
                     account.as_str(),
                     after,
                     i64::from(limit) + 1,
-                    event_type.as_ref().map(EventType::as_str)
+                    event_type.as_ref().map(EventType::as_str),
+                    quarantined
                 ])
                 .map_err(map_err)?;
             let mut events = Vec::with_capacity(limit as usize + 1);
@@ -729,12 +1292,131 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// One job of the writer (so leases are serialised with every other
+    /// write: two leases never take one event): two index range reads for
+    /// the candidates, then one UPDATE per event and one INSERT of the
+    /// lease record, committed with the group.
+    async fn lease(
+        &self,
+        account: &AccountId,
+        req: &LeaseRequest,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (account, req) = (account.clone(), req.clone());
+        self.write(move |c| lease_in(c, &account, &req)).await
+    }
+
+    async fn ack_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        let (account, lease, ids) = (account.clone(), *lease_id, event_ids.map(<[_]>::to_vec));
+        let (now, cutoff) = (ms(now), ms(delivered_cutoff));
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE events SET delivered_at_ms = ?3 WHERE event_id = ?1 AND account = ?2 \
+                     AND lease_id = ?4 AND delivered_at_ms IS NULL",
+                )
+                .map_err(map_err)?;
+            let lease_bytes = lease_bytes(&lease);
+            settle_in(c, &account, &lease, ids.as_deref(), cutoff, |id| {
+                stmt.execute(params![
+                    id.as_slice(),
+                    account.as_str(),
+                    now,
+                    lease_bytes.as_slice()
+                ])
+                .map(|n| n == 1)
+                .map_err(map_err)
+            })
+        })
+        .await
+    }
+
+    async fn release_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        let (account, lease, ids) = (account.clone(), *lease_id, event_ids.map(<[_]>::to_vec));
+        let cutoff = ms(delivered_cutoff);
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE events SET lease_id = NULL, leased_until_ms = 0 \
+                     WHERE event_id = ?1 AND account = ?2 AND lease_id = ?3 \
+                     AND delivered_at_ms IS NULL",
+                )
+                .map_err(map_err)?;
+            let lease_bytes = lease_bytes(&lease);
+            settle_in(c, &account, &lease, ids.as_deref(), cutoff, |id| {
+                stmt.execute(params![
+                    id.as_slice(),
+                    account.as_str(),
+                    lease_bytes.as_slice()
+                ])
+                .map(|n| n == 1)
+                .map_err(map_err)
+            })
+        })
+        .await
+    }
+
+    async fn requeue(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<RequeueOutcome, StoreError> {
+        let (account, id, cutoff) = (account.clone(), id_bytes(event_id), ms(delivered_cutoff));
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "UPDATE events SET quarantined = 0, lease_count = 0, lease_id = NULL, \
+                     leased_until_ms = 0 WHERE event_id = ?1 AND account = ?2 \
+                     AND delivered_at_ms IS NULL AND quarantined = 1 RETURNING {EVENT_COLS}"
+                ))
+                .map_err(map_err)?;
+            let mut rows = stmt
+                .query(params![id.as_slice(), account.as_str()])
+                .map_err(map_err)?;
+            if let Some(row) = rows.next().map_err(map_err)? {
+                return Ok(RequeueOutcome::Requeued(row_to_event(row)?.1));
+            }
+            let state: Option<Option<i64>> = c
+                .prepare_cached(
+                    "SELECT delivered_at_ms FROM events WHERE event_id = ?1 AND account = ?2",
+                )
+                .map_err(map_err)?
+                .query_row(params![id.as_slice(), account.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(map_err)?;
+            Ok(match state {
+                None => RequeueOutcome::NotFound,
+                Some(Some(at)) if at <= cutoff => RequeueOutcome::NotFound,
+                Some(_) => RequeueOutcome::NotQuarantined,
+            })
+        })
+        .await
+    }
+
     async fn purge(
         &self,
         delivered_cutoff: DateTime<Utc>,
         dedup_cutoff: DateTime<Utc>,
+        idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let (dc, fc) = (ms(delivered_cutoff), ms(dedup_cutoff));
+        let (dc, fc, ic) = (
+            ms(delivered_cutoff),
+            ms(dedup_cutoff),
+            ms(idempotency_cutoff),
+        );
         let mut total = 0u64;
         // In chunks, so one purge never holds the writer for long.
         loop {
@@ -754,13 +1436,99 @@ impl Store for SqliteStore {
                             params![fc, PURGE_CHUNK],
                         )
                         .map_err(map_err)?;
-                    Ok((events as u64, dedups as u64))
+                    let leases = c
+                        .execute(
+                            "DELETE FROM leases WHERE lease_id IN (SELECT lease_id FROM leases \
+                             WHERE leased_until_ms <= ?1 LIMIT ?2)",
+                            params![dc, PURGE_CHUNK],
+                        )
+                        .map_err(map_err)?;
+                    let keys = c
+                        .execute(
+                            "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency \
+                             WHERE expires_ms <= ?1 LIMIT ?2)",
+                            params![ic, PURGE_CHUNK],
+                        )
+                        .map_err(map_err)?;
+                    Ok((events as u64, dedups.max(leases).max(keys) as u64))
                 })
                 .await?;
             total += events;
             if events < PURGE_CHUNK as u64 && dedups < PURGE_CHUNK as u64 {
                 return Ok(total);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Connection {
+        let c = Connection::open_in_memory().expect("in memory");
+        c.execute_batch(SCHEMA_V1).expect("v1");
+        c.execute_batch(MIGRATE_V2).expect("v2");
+        c.execute_batch(MIGRATE_V3).expect("v3");
+        c
+    }
+
+    fn plan(c: &Connection, sql: &str) -> String {
+        let mut stmt = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let n = stmt.parameter_count();
+        let rows = stmt
+            .query_map(
+                rusqlite::params_from_iter(std::iter::repeat_n(1i64, n)),
+                |r| r.get::<_, String>(3),
+            )
+            .expect("plan")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows");
+        rows.join(" | ")
+    }
+
+    /// The planner must find these without statistics (parameters bound to
+    /// 1; their values do not change the plan).
+    #[test]
+    fn leasing_reads_only_available_rows_through_the_leasable_indexes() {
+        let c = schema();
+        for typed in [false, true] {
+            let index = if typed {
+                "events_leasable_by_type"
+            } else {
+                "events_leasable"
+            };
+            let fresh = plan(&c, &available_sql(typed, false));
+            assert!(
+                fresh.starts_with("SEARCH events USING ")
+                    && fresh.contains(&format!("INDEX {index} (account=? AND"))
+                    && fresh.contains("leased_until_ms=?)")
+                    && !fresh.contains("TEMP B-TREE"),
+                "{fresh}"
+            );
+            let ended = plan(&c, &available_sql(typed, true));
+            assert!(
+                ended.starts_with("SEARCH events USING ")
+                    && ended.contains(&format!("INDEX {index} (account=? AND"))
+                    && ended.contains("leased_until_ms>? AND leased_until_ms<?)"),
+                "{ended}"
+            );
+        }
+    }
+
+    #[test]
+    fn inbox_and_quarantine_pages_read_their_state_in_index_order() {
+        let c = schema();
+        for (typed, index) in [(false, "events_open"), (true, "events_open_by_type")] {
+            let p = plan(&c, &inbox_sql(typed));
+            assert!(
+                p.contains(&format!("SEARCH events USING INDEX {index}"))
+                    && p.contains("quarantined=?")
+                    && !p.contains("TEMP B-TREE"),
+                "{p}"
+            );
         }
     }
 }

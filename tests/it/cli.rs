@@ -489,6 +489,25 @@ async fn create_tables_is_idempotent_and_the_keys_cli_works_on_dynamodb() {
     let out = run(&["keys", "revoke", "zzzzzzzzzzzzzzzz"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key"));
+    // The lease-marker backfill walks every account with a key (here one,
+    // with an empty inbox) or the ones named.
+    for args in [
+        &["dynamodb", "add-lease-markers"][..],
+        &["dynamodb", "add-lease-markers", "--account", "acme"],
+    ] {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "account acme: 0 inbox events, 0 available (marker written)\n"
+        );
+    }
+    let out = run(&["dynamodb", "add-lease-markers", "--account", "not valid"]);
+    assert!(!out.status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,4 +664,51 @@ async fn three_hundred_trickling_connections_under_ulimit_256_cannot_starve_stat
     }
     let log = server.log.lock().unwrap().join("\n");
     assert!(!log.contains("Too many open files"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_budget_answers_503_and_status_degrades_while_reads_go_on() {
+    let (_dir, store) = temp_store();
+    let key = creator_key(&store);
+    let server = start_server_with(&store, &[("TRIGGERS_SQLITE_MAX_DB_BYTES", "262144")], None);
+    let client = reqwest::Client::new();
+    let pad = "x".repeat(8 * 1024);
+    let mut answers = std::collections::BTreeMap::<u16, u32>::new();
+    let mut first_refusal = None;
+    for i in 0..200 {
+        let resp = client
+            .post(format!("{}/events", server.base))
+            .bearer_auth(&key)
+            .json(&json!({"event_type": "fill", "payload": {"i": i, "pad": pad}}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        *answers.entry(status).or_default() += 1;
+        if status != 201 {
+            assert_eq!(status, 503, "a full budget is 'unavailable', not a 500");
+            assert_eq!(resp.headers()["retry-after"], "1");
+            first_refusal.get_or_insert(i);
+            break;
+        }
+    }
+    println!("writes until the 256 KiB budget ran out: {answers:?}");
+    assert!(first_refusal.is_some(), "the budget ran out: {answers:?}");
+    let status = client
+        .get(format!("{}/status", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 503);
+    let v: Value = status.json().await.unwrap();
+    assert_eq!(v["store"]["writable"], false, "{v}");
+    // Reads still work (and /status turns ok after the next successful
+    // write: tests/it/resilience.rs).
+    let inbox = client
+        .get(format!("{}/inbox?limit=1", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(inbox.status(), 200);
 }

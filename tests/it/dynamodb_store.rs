@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeDelta, Utc};
 use triggers_api::domain::{
-    trunc_ms, AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId,
-    KeyStatus, Role, Source,
+    trunc_ms, AccountId, ApiKeyRecord, Email, Event, EventId, EventType, IdempotencyKey,
+    JsonObject, KeyId, KeyStatus, LeaseId, Role, Source,
 };
 use triggers_api::store::dynamodb::{DynamoConfig, DynamoStore};
 use triggers_api::store::{
-    AckOutcome, Dedup, Fingerprint, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
-    StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Fingerprint, Finish, IdempotencyClaim, InboxQuery, InboxState,
+    Insert, Inserted, KeptResponse, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome,
+    Store, StoreError,
 };
 
 const WINDOW: Duration = Duration::from_secs(300);
@@ -149,6 +150,7 @@ async fn walk(
                 &InboxQuery {
                     after: after.clone(),
                     event_type: t.map(etype),
+                    state: InboxState::Inbox,
                     limit,
                     max_bytes: usize::MAX,
                 },
@@ -224,6 +226,7 @@ async fn every_event_field_round_trips_exactly() {
             &InboxQuery {
                 after: None,
                 event_type: None,
+                state: InboxState::Inbox,
                 limit: 200,
                 max_bytes: usize::MAX,
             },
@@ -243,6 +246,7 @@ async fn every_event_field_round_trips_exactly() {
             &InboxQuery {
                 after: None,
                 event_type: Some(etype(&"é".repeat(255))),
+                state: InboxState::Inbox,
                 limit: 200,
                 max_bytes: usize::MAX,
             },
@@ -903,6 +907,7 @@ async fn exercise_unavailable(store: &DynamoStore, budget: Duration) {
     let query = InboxQuery {
         after: None,
         event_type: None,
+        state: InboxState::Inbox,
         limit: 10,
         max_bytes: usize::MAX,
     };
@@ -988,6 +993,139 @@ async fn count<T>(
     (out, diff)
 }
 
+/// Concurrent lease calls read the same candidates; the conditional writes
+/// let one of them have each event, and the others skip it (and look
+/// again). Together they lease every event exactly once.
+#[tokio::test]
+async fn concurrent_leases_never_share_an_event_and_the_losers_skip_what_they_lost() {
+    let store = fresh().await;
+    let acct = account("acct-race");
+    let mut created = Vec::new();
+    for i in 0..40 {
+        let e = new_event(&acct, "r", &format!(r#"{{"i":{i}}}"#));
+        insert(&store, &e).await;
+        created.push(e.event_id);
+    }
+    let before = store.request_counts();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, a) = (store.clone(), acct.clone());
+        tasks.push(tokio::spawn(async move {
+            s.lease(&a, &lease_request(10, 5)).await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.extend(
+            t.await
+                .expect("task")
+                .expect("lease")
+                .into_iter()
+                .map(|e| e.event_id),
+        );
+    }
+    let unique: HashSet<EventId> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "an event was leased twice");
+    let txs = store
+        .request_counts()
+        .get("TransactWriteItems")
+        .copied()
+        .unwrap_or(0)
+        - before.get("TransactWriteItems").copied().unwrap_or(0);
+    eprintln!(
+        "8 concurrent leases of 10 over 40 events: {} leased, {txs} TransactWriteItems",
+        seen.len()
+    );
+    loop {
+        let more = store
+            .lease(&acct, &lease_request(100, 5))
+            .await
+            .expect("lease");
+        if more.is_empty() {
+            break;
+        }
+        seen.extend(more.into_iter().map(|e| e.event_id));
+    }
+    seen.sort();
+    assert_eq!(seen, created, "every event leased exactly once");
+}
+
+/// Events written before leases have no availability marker; the admin
+/// backfill writes one for each that is available, and only for those.
+#[tokio::test]
+async fn events_written_before_leases_become_leasable_after_add_lease_markers() {
+    let store = fresh().await;
+    let acct = account("acct-old");
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let e = new_event(&acct, "o", &format!(r#"{{"i":{i}}}"#));
+        insert(&store, &e).await;
+        created.push(e.event_id);
+    }
+    // The first is leased by this version; the others look like version 1
+    // wrote them: no marker.
+    let held = lease_request(1, 5);
+    assert_eq!(store.lease(&acct, &held).await.expect("lease").len(), 1);
+    let raw = raw_client().await;
+    let (events, _) = store.table_names();
+    for id in &created[1..] {
+        raw.delete_item()
+            .table_name(events)
+            .key("pk", AttributeValue::S(format!("AV#{acct}")))
+            .key("sk", AttributeValue::S(id.to_string()))
+            .send()
+            .await
+            .expect("delete marker");
+    }
+    assert!(store
+        .lease(&acct, &lease_request(100, 5))
+        .await
+        .expect("lease")
+        .is_empty());
+    let at = now();
+    assert_eq!(
+        store
+            .ack_event(&acct, &created[4], at, cutoff(at))
+            .await
+            .expect("ack"),
+        AckOutcome::Acknowledged
+    );
+    let (seen, written) = store.add_lease_markers(&acct).await.expect("backfill");
+    assert_eq!(
+        (seen, written),
+        (4, 3),
+        "the leased and the delivered one skipped"
+    );
+    // Again: nothing changes (the same markers are written again).
+    assert_eq!(
+        store.add_lease_markers(&acct).await.expect("backfill"),
+        (4, 3)
+    );
+    let leased: Vec<EventId> = store
+        .lease(&acct, &lease_request(100, 5))
+        .await
+        .expect("lease")
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(leased, created[1..4]);
+}
+
+/// A lease of up to `limit` events for 5 minutes from now.
+fn lease_request(limit: u32, max_leases: u32) -> LeaseRequest {
+    let at = now();
+    LeaseRequest {
+        lease_id: LeaseId::new_random(),
+        event_type: None,
+        limit,
+        now: at,
+        leased_until: at + TimeDelta::minutes(5),
+        forget_after: at + TimeDelta::minutes(5) + RETENTION,
+        max_leases,
+        max_bytes: usize::MAX,
+    }
+}
+
 fn calls(list: &[(&str, u64)]) -> BTreeMap<String, u64> {
     list.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
 }
@@ -1023,6 +1161,7 @@ async fn request_counts_per_operation() {
     let q = InboxQuery {
         after: None,
         event_type: None,
+        state: InboxState::Inbox,
         limit: 50,
         max_bytes: usize::MAX,
     };
@@ -1033,6 +1172,7 @@ async fn request_counts_per_operation() {
     let q = InboxQuery {
         after: None,
         event_type: Some(etype("t")),
+        state: InboxState::Inbox,
         limit: 50,
         max_bytes: usize::MAX,
     };
@@ -1095,6 +1235,196 @@ async fn request_counts_per_operation() {
         &[("TransactWriteItems", 2)],
     );
 
+    // Leases: 100 events of their own account, then lease 1 and 99.
+    let la = account("acct-lease");
+    for i in 0..100 {
+        insert(&store, &new_event(&la, "l", &format!(r#"{{"i":{i}}}"#))).await;
+    }
+    let one = lease_request(1, 5);
+    let (r, c) = count(&store, store.lease(&la, &one)).await;
+    assert_eq!(r.expect("lease").len(), 1);
+    check(
+        "POST /inbox/lease (1 event)",
+        c,
+        &[("BatchGetItem", 1), ("Query", 2), ("TransactWriteItems", 1)],
+    );
+    let hundred = lease_request(100, 5);
+    let (r, c) = count(&store, store.lease(&la, &hundred)).await;
+    assert_eq!(r.expect("lease").len(), 99);
+    check(
+        "POST /inbox/lease (99 events)",
+        c,
+        &[("BatchGetItem", 1), ("Query", 2), ("TransactWriteItems", 5)],
+    );
+    let (r, c) = count(&store, store.lease(&la, &lease_request(100, 5))).await;
+    assert!(r.expect("lease").is_empty());
+    check("POST /inbox/lease (none available)", c, &[("Query", 2)]);
+    let at = now();
+    let some: Vec<EventId> = Vec::new();
+    let (r, c) = count(
+        &store,
+        store.release_leased(&la, &one.lease_id, None, cutoff(at)),
+    )
+    .await;
+    assert_eq!(r.expect("release").expect("known").done.len(), 1);
+    check(
+        "POST /inbox/release (1 event)",
+        c,
+        &[("Query", 1), ("TransactWriteItems", 1)],
+    );
+    let (r, c) = count(
+        &store,
+        store.ack_leased(&la, &hundred.lease_id, None, at, cutoff(at)),
+    )
+    .await;
+    assert_eq!(r.expect("ack").expect("known").done.len(), 99);
+    check(
+        "POST /inbox/ack (99 events)",
+        c,
+        &[("Query", 1), ("TransactWriteItems", 4)],
+    );
+    let (r, c) = count(
+        &store,
+        store.ack_leased(&la, &hundred.lease_id, Some(&some), at, cutoff(at)),
+    )
+    .await;
+    assert_eq!(r.expect("ack").expect("known").done.len(), 0);
+    check("POST /inbox/ack (no event listed)", c, &[("Query", 1)]);
+    let (r, c) = count(
+        &store,
+        store.ack_leased(&la, &LeaseId::new_random(), None, at, cutoff(at)),
+    )
+    .await;
+    assert!(r.expect("ack").is_none());
+    check("POST /inbox/ack (unknown lease)", c, &[("Query", 1)]);
+    let last = lease_request(1, 1);
+    let leased = store.lease(&la, &last).await.expect("lease");
+    assert!(leased[0].quarantined);
+    let (r, c) = count(&store, store.requeue(&la, &leased[0].event_id, cutoff(at))).await;
+    assert!(matches!(r.expect("requeue"), RequeueOutcome::Requeued(_)));
+    check(
+        "POST /events/{id}/requeue",
+        c,
+        &[("GetItem", 1), ("TransactWriteItems", 1)],
+    );
+    let (r, c) = count(&store, store.requeue(&la, &leased[0].event_id, cutoff(at))).await;
+    assert_eq!(r.expect("requeue"), RequeueOutcome::NotQuarantined);
+    check(
+        "POST /events/{id}/requeue (not quarantined)",
+        c,
+        &[("GetItem", 1)],
+    );
+    let q = InboxQuery {
+        after: None,
+        event_type: None,
+        state: InboxState::Quarantined,
+        limit: 50,
+        max_bytes: usize::MAX,
+    };
+    let (r, c) = count(&store, store.inbox(&la, &q)).await;
+    assert!(r.expect("inbox").events.is_empty());
+    check("GET /inbox?state=quarantined", c, &[("Query", 1)]);
+
+    // Batch ingest: 100 new events; the same 100 again (all duplicates);
+    // 50 new among 50 duplicates (every transaction cancelled once, then
+    // sent again without its duplicates).
+    let ba = account("acct-batch");
+    let batch: Vec<Insert> = (0..100)
+        .map(|i| batch_insert(&ba, &format!("b{i}")))
+        .collect();
+    let (r, c) = count(&store, store.insert_events(batch.clone())).await;
+    assert_eq!(r.expect("batch"), vec![Inserted::Created; 100]);
+    check(
+        "POST /events/batch (100 new)",
+        c,
+        &[("TransactWriteItems", 4)],
+    );
+    let again: Vec<Insert> = batch.iter().map(renewed).collect();
+    let (r, c) = count(&store, store.insert_events(again)).await;
+    let r = r.expect("batch");
+    assert!(r.iter().all(|o| matches!(o, Inserted::Duplicate { .. })));
+    check(
+        "POST /events/batch (100 duplicates)",
+        c,
+        &[("TransactWriteItems", 4)],
+    );
+    let mixed: Vec<Insert> = (0..100)
+        .map(|i| {
+            if i % 2 == 0 {
+                renewed(&batch[i])
+            } else {
+                batch_insert(&ba, &format!("m{i}"))
+            }
+        })
+        .collect();
+    let (r, c) = count(&store, store.insert_events(mixed)).await;
+    let r = r.expect("batch");
+    assert_eq!(
+        r.iter().filter(|o| **o == Inserted::Created).count(),
+        50,
+        "{r:?}"
+    );
+    check(
+        "POST /events/batch (50 new, 50 duplicates)",
+        c,
+        &[("TransactWriteItems", 8)],
+    );
+    // Idempotency keys.
+    let claim = IdempotencyClaim {
+        account: ba.clone(),
+        key: IdempotencyKey::parse(b"count").expect("key"),
+        request: [1; 32],
+        token: uuid::Uuid::new_v4(),
+        now: now(),
+        lapses_at: now() + TimeDelta::seconds(30),
+    };
+    let (r, c) = count(&store, store.claim_idempotency_key(&claim)).await;
+    assert_eq!(r.expect("claim"), ClaimOutcome::Claimed);
+    check("Idempotency-Key: claim", c, &[("PutItem", 1)]);
+    let (r, c) = count(&store, store.claim_idempotency_key(&claim)).await;
+    assert_eq!(
+        r.expect("claim"),
+        ClaimOutcome::InFlight { same_request: true }
+    );
+    check("Idempotency-Key: claim (in flight)", c, &[("PutItem", 1)]);
+    let keep = Finish::Keep {
+        response: KeptResponse {
+            status: 201,
+            body: b"{}".to_vec(),
+        },
+        expires_at: now() + TimeDelta::hours(24),
+    };
+    let (r, c) = count(
+        &store,
+        store.finish_idempotency_key(&ba, &claim.key, claim.token, keep),
+    )
+    .await;
+    assert!(r.expect("keep"));
+    check(
+        "Idempotency-Key: keep the response",
+        c,
+        &[("UpdateItem", 1)],
+    );
+    let (r, c) = count(&store, store.claim_idempotency_key(&claim)).await;
+    assert!(matches!(r.expect("claim"), ClaimOutcome::Kept { .. }));
+    check(
+        "Idempotency-Key: claim (kept: replay)",
+        c,
+        &[("PutItem", 1)],
+    );
+    let other = IdempotencyClaim {
+        key: IdempotencyKey::parse(b"count-2").expect("key"),
+        ..claim.clone()
+    };
+    store.claim_idempotency_key(&other).await.expect("claim");
+    let (r, c) = count(
+        &store,
+        store.finish_idempotency_key(&ba, &other.key, other.token, Finish::Release),
+    )
+    .await;
+    assert!(r.expect("release"));
+    check("Idempotency-Key: release", c, &[("DeleteItem", 1)]);
+
     let k = key_record("cccccccccccccccc", "acct-count", "c@example.com", now());
     let (r, c) = count(&store, store.create_key(&k)).await;
     r.expect("create key");
@@ -1136,6 +1466,226 @@ async fn request_counts_per_operation() {
     eprintln!("{report}");
 }
 
+/// A unique new event of `acct` for a batch.
+fn batch_insert(acct: &AccountId, tag: &str) -> Insert {
+    Insert {
+        event: new_event(acct, "batch", &format!(r#"{{"tag":"{tag}"}}"#)),
+        dedup: Dedup {
+            fingerprint: fp(&format!("{acct}/{tag}")),
+            window: WINDOW,
+        },
+    }
+}
+
+/// The same event sent again (a new id, the same fingerprint).
+fn renewed(i: &Insert) -> Insert {
+    let mut e = i.event.clone();
+    e.event_id = EventId::new_v7();
+    e.timestamp = now();
+    Insert {
+        event: e,
+        dedup: i.dedup,
+    }
+}
+
+/// A batch's events come back in order; a repeat within the batch is a
+/// duplicate of its first (one dedup record is never in two writes of one
+/// transaction); events with metadata parts take more items per
+/// transaction; and a repeat whose first is older than its window is
+/// judged by the store, after it.
+#[tokio::test]
+async fn a_batch_is_deduplicated_within_itself_and_against_the_store() {
+    let store = fresh().await;
+    let acct = account("acct-b");
+    let a = batch_insert(&acct, "a");
+    let b = batch_insert(&acct, "b");
+    let earlier = batch_insert(&acct, "earlier");
+    assert_eq!(
+        store
+            .insert_event(earlier.event.clone(), earlier.dedup)
+            .await
+            .expect("insert"),
+        Inserted::Created
+    );
+    let mut big = batch_insert(&acct, "big");
+    big.event.metadata = obj(&format!(r#"{{"m":"{}"}}"#, "m".repeat(400 * 1024)));
+    let events = vec![
+        a.clone(),
+        renewed(&a),
+        renewed(&earlier),
+        b.clone(),
+        big.clone(),
+        renewed(&b),
+    ];
+    let out = store.insert_events(events).await.expect("batch");
+    let dup = |i: &Insert| Inserted::Duplicate {
+        event_id: i.event.event_id,
+        timestamp: i.event.timestamp,
+    };
+    assert_eq!(
+        out,
+        [
+            Inserted::Created,
+            dup(&a),
+            dup(&earlier),
+            Inserted::Created,
+            Inserted::Created,
+            dup(&b),
+        ]
+    );
+    let got = get(&store, &big.event).await.expect("big event");
+    assert_eq!(got.metadata.as_str(), big.event.metadata.as_str());
+
+    // Timestamps further apart than the window: the later repeat is a new
+    // event, and the one after it a duplicate of that one.
+    let c = batch_insert(&acct, "c");
+    let mut c_late = renewed(&c);
+    c_late.event.timestamp = c.event.timestamp + TimeDelta::seconds(301);
+    let mut c_later = renewed(&c);
+    c_later.event.timestamp = c_late.event.timestamp + TimeDelta::seconds(1);
+    let out = store
+        .insert_events(vec![c.clone(), c_late.clone(), c_later])
+        .await
+        .expect("batch");
+    assert_eq!(out, [Inserted::Created, Inserted::Created, dup(&c_late)]);
+}
+
+/// Concurrent identical batches create each event once; every batch
+/// names the same event for each item.
+#[tokio::test]
+async fn concurrent_identical_batches_create_each_event_exactly_once() {
+    let store = Arc::new(fresh().await);
+    let acct = account("acct-cb");
+    let batch: Vec<Insert> = (0..60)
+        .map(|i| batch_insert(&acct, &format!("{i}")))
+        .collect();
+    let runs = (0..5).map(|_| {
+        let (store, events) = (store.clone(), batch.iter().map(renewed).collect::<Vec<_>>());
+        tokio::spawn(async move {
+            let ids: Vec<EventId> = events.iter().map(|i| i.event.event_id).collect();
+            let out = store.insert_events(events).await.expect("batch");
+            out.into_iter()
+                .zip(ids)
+                .map(|(o, id)| match o {
+                    Inserted::Created => (id, true),
+                    Inserted::Duplicate { event_id, .. } => (event_id, false),
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    let results: Vec<Vec<(EventId, bool)>> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let created: usize = results
+        .iter()
+        .map(|r| r.iter().filter(|(_, c)| *c).count())
+        .sum();
+    assert_eq!(created, 60);
+    for r in &results[1..] {
+        let ids: Vec<EventId> = r.iter().map(|(id, _)| *id).collect();
+        let first: Vec<EventId> = results[0].iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, first);
+    }
+}
+
+/// Idempotency records: a claim meets the live record (in flight or kept,
+/// same request or not), an expired one is taken over, and only the
+/// claim's own token finishes it.
+#[tokio::test]
+async fn idempotency_claims_meet_live_records_and_take_over_expired_ones() {
+    let store = fresh().await;
+    let t0 = now();
+    let claim = IdempotencyClaim {
+        account: account("acct-i"),
+        key: IdempotencyKey::parse(b"k").expect("key"),
+        request: [1; 32],
+        token: uuid::Uuid::new_v4(),
+        now: t0,
+        lapses_at: t0 + TimeDelta::seconds(30),
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&claim).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    let other = IdempotencyClaim {
+        request: [2; 32],
+        token: uuid::Uuid::new_v4(),
+        ..claim.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&other).await.expect("claim"),
+        ClaimOutcome::InFlight {
+            same_request: false
+        }
+    );
+    // Another account's equal key is another record.
+    let foreign = IdempotencyClaim {
+        account: account("acct-j"),
+        ..other.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&foreign).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    // Lapsed: taken over; the first token can no longer finish it.
+    let later = IdempotencyClaim {
+        now: t0 + TimeDelta::seconds(30),
+        lapses_at: t0 + TimeDelta::seconds(60),
+        ..other.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&later).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    let keep = |status| Finish::Keep {
+        response: KeptResponse {
+            status,
+            body: format!("{{\"s\":{status}}}").into_bytes(),
+        },
+        expires_at: t0 + TimeDelta::hours(24),
+    };
+    assert!(!store
+        .finish_idempotency_key(&claim.account, &claim.key, claim.token, keep(201))
+        .await
+        .expect("finish"));
+    assert!(store
+        .finish_idempotency_key(&later.account, &later.key, later.token, keep(200))
+        .await
+        .expect("finish"));
+    // Finished: neither kept again nor released.
+    assert!(!store
+        .finish_idempotency_key(&later.account, &later.key, later.token, Finish::Release)
+        .await
+        .expect("finish"));
+    let replay = IdempotencyClaim {
+        now: t0 + TimeDelta::hours(1),
+        token: uuid::Uuid::new_v4(),
+        ..later.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&replay).await.expect("claim"),
+        ClaimOutcome::Kept {
+            same_request: true,
+            response: KeptResponse {
+                status: 200,
+                body: b"{\"s\":200}".to_vec()
+            }
+        }
+    );
+    // Expired (by its stored expiry, whatever TTL has done): free again.
+    let next_day = IdempotencyClaim {
+        now: t0 + TimeDelta::hours(24),
+        lapses_at: t0 + TimeDelta::hours(24) + TimeDelta::seconds(30),
+        ..replay.clone()
+    };
+    assert_eq!(
+        store.claim_idempotency_key(&next_day).await.expect("claim"),
+        ClaimOutcome::Claimed
+    );
+}
+
 /// Sanity of the test helpers themselves (no DynamoDB needed).
 #[test]
 fn deep_payload_has_the_requested_depth() {
@@ -1147,4 +1697,23 @@ fn deep_payload_has_the_requested_depth() {
         cur = next;
     }
     assert_eq!(depth, 100);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 16,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// The lease model of `props` (every event in exactly one state after
+    /// every step) on DynamoDB; fewer and shorter cases than on SQLite.
+    #[test]
+    fn random_lease_sequences_keep_every_event_in_exactly_one_state(
+        ops in crate::props::lease_ops(30)
+    ) {
+        crate::props::runtime().block_on(crate::props::check_lease_model(
+            crate::support::Backend::Dynamodb,
+            &ops,
+        ))?;
+    }
 }

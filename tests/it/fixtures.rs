@@ -105,3 +105,84 @@ async fn every_bad_fixture_is_refused_as_its_expectation_says() {
         "nothing bad was stored"
     );
 }
+
+/// POST /events/batch judges each event exactly as POST /events judges the
+/// same body: every good fixture and every bad one that is well-formed
+/// JSON (a malformed one makes the whole batch body malformed) in one
+/// batch, each answered in its own result as its expectation says.
+#[tokio::test]
+async fn a_batch_of_every_fixture_answers_each_as_post_events_would() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let key = app.key("fixtures", Role::Creator).await;
+    let expectations: Value =
+        serde_json::from_slice(&std::fs::read(dir("bad").join("expectations.json")).unwrap())
+            .unwrap();
+    let malformed = [
+        "truncated.json",
+        "trailing-garbage.json",
+        "invalid-utf8.json",
+    ];
+    let good = files("good");
+    let bad: Vec<(String, Vec<u8>)> = files("bad")
+        .into_iter()
+        .filter(|(name, _)| !malformed.contains(&name.as_str()))
+        .collect();
+    let mut body = b"{\"events\":[".to_vec();
+    for (i, (_, item)) in good.iter().chain(&bad).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    let resp = app
+        .post_raw("/events/batch", &key, body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v = crate::support::parse_deep(&resp.text().await.unwrap());
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), good.len() + bad.len());
+    for ((name, item), r) in good.iter().zip(results) {
+        assert_eq!(r["status"], 201, "{name}: {r}");
+        let got = crate::support::parse_deep(
+            &app.get(
+                &format!("/events/{}", r["event_id"].as_str().unwrap()),
+                &key,
+            )
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        );
+        let sent = crate::support::parse_deep(std::str::from_utf8(item).unwrap());
+        assert_eq!(got["payload"], sent["payload"], "{name}");
+    }
+    for ((name, _), r) in bad.iter().zip(&results[good.len()..]) {
+        let want = &expectations[name.as_str()];
+        assert_eq!(r["status"], want["status"], "{name}: {r}");
+        assert_eq!(r["code"], want["code"], "{name}: {r}");
+        let want_fields: Vec<String> = want["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(error_fields(r), want_fields, "{name}: {r}");
+    }
+    // Only the good ones were stored (the inbox holds a deep payload: read
+    // it without a depth limit).
+    let inbox = crate::support::parse_deep(
+        &app.get("/inbox?limit=200", &key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(inbox["events"].as_array().unwrap().len(), good.len());
+}

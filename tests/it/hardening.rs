@@ -554,3 +554,43 @@ async fn a_malformed_key_naming_a_real_key_id_costs_no_bcrypt() {
         .unwrap();
     assert!(v["events"].is_array());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_body_reads_the_answer_not_a_reset() {
+    // The server answers 413 (or 403) without reading the whole body; the
+    // client is still writing it. The answer must reach the client: a
+    // connection closed at once would have the kernel reset it.
+    let app = TestApp::start(Backend::Sqlite).await;
+    let creator = app.key("acme", Role::Creator).await;
+    let viewer = app.key("acme", Role::Viewer).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut resets = Vec::new();
+    for i in 0..40 {
+        let (key, status, code) = if i % 2 == 0 {
+            (&creator, 413, "PAYLOAD_TOO_LARGE")
+        } else {
+            (&viewer, 403, "FORBIDDEN")
+        };
+        let sent = client
+            .post(app.url("/events"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(vec![b' '; 4 * 1024 * 1024])
+            .send()
+            .await;
+        match sent {
+            Ok(resp) => {
+                problem(resp, status, code).await;
+            }
+            Err(e) => resets.push(format!("{i}: {e:?}")),
+        }
+    }
+    assert!(
+        resets.is_empty(),
+        "{} of 40 failed: {resets:#?}",
+        resets.len()
+    );
+}

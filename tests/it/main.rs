@@ -8,11 +8,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod client;
 mod conformance;
 mod dedup_edge;
+mod deploy;
 mod dynamodb_store;
 mod fixtures;
 mod hardening;
 mod props;
 mod resilience;
+mod sqlite_store;
 mod support;

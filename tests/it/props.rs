@@ -6,18 +6,20 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
 use triggers_api::clock::ManualClock;
 use triggers_api::config::Settings;
 use triggers_api::domain::fingerprint::{canonical_form, fingerprint};
-use triggers_api::domain::{AccountId, EventId, EventType};
+use triggers_api::domain::{AccountId, EventId, EventType, LeaseId};
+use triggers_api::service::leases::LeaseParams;
 use triggers_api::service::CreateEvent;
-use triggers_api::store::{Fingerprint, InboxQuery, Position};
+use triggers_api::store::{Fingerprint, InboxQuery, InboxState, Position, RequeueOutcome};
 use triggers_api::AppState;
 
 use crate::support::{test_store, Backend, TestStore};
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -106,7 +108,7 @@ proptest! {
             let mut done = false;
             let event_type = filter.map(|f| EventType::parse(TYPES[f]).unwrap());
             let page = |limit: u32, after: Option<Position>| {
-                let q = InboxQuery { after, event_type: event_type.clone(), limit, max_bytes: usize::MAX };
+                let q = InboxQuery { after, event_type: event_type.clone(), state: InboxState::Inbox, limit, max_bytes: usize::MAX };
                 let svc = svc.clone();
                 let account = account.clone();
                 async move { svc.inbox(&account, &q).await.unwrap() }
@@ -330,5 +332,302 @@ proptest! {
             prop_assert_eq!(second.event_id == first.event_id, offset_ms < window_ms);
             Ok(())
         })?;
+    }
+}
+
+// ---------------------------------------------------------------------
+// Leases: random sequences of lease / ack / release / DELETE / requeue /
+// time passing, against a model of every event's state.
+
+/// One step of a lease sequence. Picks are taken modulo what exists.
+#[derive(Debug, Clone)]
+pub(crate) enum LeaseOp {
+    Insert(usize),
+    Lease {
+        limit: u32,
+        secs: u64,
+        of_type: Option<usize>,
+    },
+    Ack {
+        lease: usize,
+        only: Option<usize>,
+    },
+    Release {
+        lease: usize,
+        only: Option<usize>,
+    },
+    Delete(usize),
+    Requeue(usize),
+    Advance(i64),
+}
+
+pub(crate) fn lease_ops(max_steps: usize) -> impl Strategy<Value = Vec<LeaseOp>> {
+    let op = prop_oneof![
+        3 => (0..2usize).prop_map(LeaseOp::Insert),
+        4 => (1u32..5, 1u64..4, proptest::option::weighted(0.3, 0..2usize))
+            .prop_map(|(limit, secs, of_type)| LeaseOp::Lease { limit, secs, of_type }),
+        2 => (any::<usize>(), proptest::option::of(any::<usize>()))
+            .prop_map(|(lease, only)| LeaseOp::Ack { lease, only }),
+        2 => (any::<usize>(), proptest::option::of(any::<usize>()))
+            .prop_map(|(lease, only)| LeaseOp::Release { lease, only }),
+        1 => any::<usize>().prop_map(LeaseOp::Delete),
+        1 => any::<usize>().prop_map(LeaseOp::Requeue),
+        3 => (0i64..3000).prop_map(LeaseOp::Advance),
+    ];
+    proptest::collection::vec(op, 1..max_steps)
+}
+
+/// What the model knows of one event.
+#[derive(Debug, Clone)]
+struct Modelled {
+    id: EventId,
+    kind: usize,
+    lease_count: u32,
+    /// End of its latest lease (None: never leased, released, requeued).
+    until: Option<chrono::DateTime<Utc>>,
+    /// The lease holding it (kept after the lease ends, until another
+    /// lease, a release or a requeue).
+    held_by: Option<LeaseId>,
+    quarantined: bool,
+    delivered: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Observed {
+    Available,
+    Leased,
+    Quarantined,
+    Delivered,
+}
+
+const MAX_LEASES: u32 = 3;
+
+/// Runs `ops` through the service on `backend` and checks, after every
+/// step, that each event is in exactly one state (available, leased,
+/// quarantined, delivered) as the model says, with its lease count.
+pub(crate) async fn check_lease_model(
+    backend: Backend,
+    ops: &[LeaseOp],
+) -> Result<(), TestCaseError> {
+    let store = test_store(backend).await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let settings = Settings {
+        max_leases: MAX_LEASES,
+        ..Settings::default()
+    };
+    let svc = AppState::new(store.store.clone(), clock.clone(), settings)
+        .await
+        .unwrap();
+    let account = AccountId::parse("acct").unwrap();
+    let mut model: Vec<Modelled> = Vec::new();
+    let mut leases: Vec<(LeaseId, Vec<EventId>)> = Vec::new();
+    let mut n = 0u64;
+    for op in ops {
+        let now = triggers_api::domain::trunc_ms(triggers_api::clock::Clock::now(clock.as_ref()));
+        match op {
+            LeaseOp::Insert(kind) => {
+                let out = svc
+                    .ingest(&account, create(TYPES[*kind], json!({"n": n}), None))
+                    .await
+                    .unwrap();
+                n += 1;
+                model.push(Modelled {
+                    id: out.event_id,
+                    kind: *kind,
+                    lease_count: 0,
+                    until: None,
+                    held_by: None,
+                    quarantined: false,
+                    delivered: false,
+                });
+            }
+            LeaseOp::Lease {
+                limit,
+                secs,
+                of_type,
+            } => {
+                let params = LeaseParams {
+                    limit: *limit,
+                    lease_for: std::time::Duration::from_secs(*secs),
+                    wait: std::time::Duration::ZERO,
+                    event_type: of_type.map(|k| EventType::parse(TYPES[k]).unwrap()),
+                };
+                let got = svc.lease(&account, &params).await.unwrap();
+                let want: Vec<EventId> = model
+                    .iter()
+                    .filter(|m| {
+                        !m.delivered
+                            && !m.quarantined
+                            && m.until.is_none_or(|u| u <= now)
+                            && of_type.is_none_or(|k| k == m.kind)
+                    })
+                    .take(*limit as usize)
+                    .map(|m| m.id)
+                    .collect();
+                let ids: Vec<EventId> = got.events.iter().map(|e| e.event_id).collect();
+                prop_assert_eq!(&ids, &want, "the oldest available, in order");
+                let Some(lease_id) = got.lease_id else {
+                    prop_assert!(want.is_empty());
+                    continue;
+                };
+                let until = now + chrono::Duration::seconds(*secs as i64);
+                prop_assert_eq!(got.leased_until, Some(until));
+                for e in &got.events {
+                    let m = model.iter_mut().find(|m| m.id == e.event_id).unwrap();
+                    m.lease_count += 1;
+                    m.until = Some(until);
+                    m.held_by = Some(lease_id);
+                    m.quarantined = m.lease_count >= MAX_LEASES;
+                    prop_assert_eq!(e.lease_count, m.lease_count);
+                    prop_assert_eq!(e.quarantined, m.quarantined);
+                    prop_assert_eq!(e.leased_until, Some(until));
+                }
+                leases.push((lease_id, ids));
+            }
+            LeaseOp::Ack { lease, only } | LeaseOp::Release { lease, only } => {
+                if leases.is_empty() {
+                    continue;
+                }
+                let (lease_id, of_lease) = leases[lease % leases.len()].clone();
+                let listed: Option<Vec<EventId>> = only.map(|i| vec![of_lease[i % of_lease.len()]]);
+                let ack = matches!(op, LeaseOp::Ack { .. });
+                let out = if ack {
+                    svc.ack_leased(&account, &lease_id, listed.as_deref()).await
+                } else {
+                    svc.release_leased(&account, &lease_id, listed.as_deref())
+                        .await
+                }
+                .unwrap()
+                .expect("a known lease");
+                let asked = listed.unwrap_or(of_lease);
+                let mut want_done = Vec::new();
+                let mut want_stale = Vec::new();
+                for id in &asked {
+                    let m = model.iter_mut().find(|m| m.id == *id).unwrap();
+                    if m.held_by == Some(lease_id) && !m.delivered {
+                        want_done.push(*id);
+                        if ack {
+                            m.delivered = true;
+                        } else {
+                            m.held_by = None;
+                            m.until = None;
+                        }
+                    } else {
+                        want_stale.push(*id);
+                    }
+                }
+                prop_assert_eq!(out.done, want_done, "settled: ack {}", ack);
+                prop_assert_eq!(out.stale, want_stale, "stale: ack {}", ack);
+            }
+            LeaseOp::Delete(pick) if !model.is_empty() => {
+                let i = pick % model.len();
+                svc.ack(&account, &model[i].id).await.unwrap();
+                model[i].delivered = true;
+            }
+            LeaseOp::Requeue(pick) if !model.is_empty() => {
+                let i = pick % model.len();
+                let out = svc.requeue(&account, &model[i].id).await.unwrap();
+                let m = &mut model[i];
+                if m.quarantined && !m.delivered {
+                    let RequeueOutcome::Requeued(e) = out else {
+                        return Err(TestCaseError::fail(format!("not requeued: {out:?}")));
+                    };
+                    prop_assert_eq!(
+                        (e.lease_count, e.quarantined, e.leased_until),
+                        (0, false, None)
+                    );
+                    m.lease_count = 0;
+                    m.quarantined = false;
+                    m.until = None;
+                    m.held_by = None;
+                } else {
+                    prop_assert_eq!(out, RequeueOutcome::NotQuarantined);
+                }
+            }
+            LeaseOp::Delete(_) | LeaseOp::Requeue(_) => {}
+            LeaseOp::Advance(ms) => clock.advance(chrono::Duration::milliseconds(*ms)),
+        }
+        check_states(&svc, &account, &model).await?;
+    }
+    Ok(())
+}
+
+async fn listing(svc: &AppState, account: &AccountId, state: InboxState) -> Vec<EventId> {
+    let q = InboxQuery {
+        after: None,
+        event_type: None,
+        state,
+        limit: 200,
+        max_bytes: usize::MAX,
+    };
+    let page = svc.inbox(account, &q).await.unwrap();
+    assert!(!page.has_more);
+    page.events.iter().map(|e| e.event_id).collect()
+}
+
+async fn check_states(
+    svc: &AppState,
+    account: &AccountId,
+    model: &[Modelled],
+) -> Result<(), TestCaseError> {
+    let now = triggers_api::clock::Clock::now(svc.clock.as_ref());
+    let inbox: HashSet<EventId> = listing(svc, account, InboxState::Inbox)
+        .await
+        .into_iter()
+        .collect();
+    let quarantine: HashSet<EventId> = listing(svc, account, InboxState::Quarantined)
+        .await
+        .into_iter()
+        .collect();
+    for m in model {
+        let e = svc
+            .get_event(account, &m.id)
+            .await
+            .unwrap()
+            .expect("readable");
+        let running = e.leased_until.is_some_and(|u| u > now);
+        // Exactly one state, from what the API shows.
+        let mut seen = Vec::new();
+        if e.delivered {
+            seen.push(Observed::Delivered);
+        }
+        if quarantine.contains(&m.id) {
+            seen.push(Observed::Quarantined);
+        }
+        if inbox.contains(&m.id) {
+            seen.push(if running {
+                Observed::Leased
+            } else {
+                Observed::Available
+            });
+        }
+        let want = if m.delivered {
+            Observed::Delivered
+        } else if m.quarantined {
+            Observed::Quarantined
+        } else if m.until.is_some_and(|u| u > now) {
+            Observed::Leased
+        } else {
+            Observed::Available
+        };
+        prop_assert_eq!(&seen, &vec![want], "event {}: {:?} / {:?}", m.id, e, m);
+        prop_assert_eq!(e.lease_count, m.lease_count, "lease_count of {:?}", m);
+        prop_assert_eq!(e.quarantined, m.quarantined && !m.delivered);
+        let shown = m.until.filter(|u| *u > now && !m.delivered);
+        prop_assert_eq!(e.leased_until, shown, "leased_until of {:?}", m);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Every event is in exactly one state after every step, as the model
+    /// says: leases take the oldest available, ack and release settle
+    /// exactly what the lease still holds, quarantine at max_leases,
+    /// requeue resets the count. (DynamoDB: `dynamodb_store::`.)
+    #[test]
+    fn random_lease_sequences_keep_every_event_in_exactly_one_state(ops in lease_ops(40)) {
+        runtime().block_on(check_lease_model(Backend::Sqlite, &ops))?;
     }
 }

@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use triggers_api::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId, Role};
+use triggers_api::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, IdempotencyKey, KeyId, LeaseId, Role,
+};
 use triggers_api::store::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, Insert,
+    Inserted, KeyChange, LeaseRequest, NewEvent, RequeueOutcome, Settled, Store, StoreError,
 };
 
 use crate::support::{
@@ -119,9 +122,71 @@ impl Store for Switchable {
         self.gate_write().await?;
         self.inner.ack_event(a, id, now, cutoff).await
     }
-    async fn purge(&self, d: DateTime<Utc>, f: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn lease(&self, a: &AccountId, r: &LeaseRequest) -> Result<Vec<Event>, StoreError> {
         self.gate_write().await?;
-        self.inner.purge(d, f).await
+        self.inner.lease(a, r).await
+    }
+    async fn ack_leased(
+        &self,
+        a: &AccountId,
+        l: &LeaseId,
+        ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.gate_write().await?;
+        self.inner.ack_leased(a, l, ids, now, cutoff).await
+    }
+    async fn release_leased(
+        &self,
+        a: &AccountId,
+        l: &LeaseId,
+        ids: Option<&[EventId]>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.gate_write().await?;
+        self.inner.release_leased(a, l, ids, cutoff).await
+    }
+    async fn requeue(
+        &self,
+        a: &AccountId,
+        id: &EventId,
+        cutoff: DateTime<Utc>,
+    ) -> Result<RequeueOutcome, StoreError> {
+        self.gate_write().await?;
+        self.inner.requeue(a, id, cutoff).await
+    }
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
+        self.gate_write().await?;
+        self.inner.insert_events(events).await
+    }
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.gate_write().await?;
+        self.inner.claim_idempotency_key(claim).await
+    }
+    async fn finish_idempotency_key(
+        &self,
+        a: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        self.gate_write().await?;
+        self.inner
+            .finish_idempotency_key(a, key, token, finish)
+            .await
+    }
+    async fn purge(
+        &self,
+        d: DateTime<Utc>,
+        f: DateTime<Utc>,
+        i: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.gate_write().await?;
+        self.inner.purge(d, f, i).await
     }
 }
 

@@ -16,6 +16,7 @@ use triggers_api::store::memory::MemoryStore;
 use triggers_api::store::sqlite::SqliteStore;
 use triggers_api::store::Store;
 use triggers_api::{AppState, Application};
+use triggers_conformance::Endpoint;
 
 /// bcrypt cost for test keys: the minimum, so tests stay fast.
 pub const TEST_BCRYPT_COST: u32 = 4;
@@ -95,8 +96,8 @@ pub mod dynamodb {
     //! Where the DynamoDB for tests comes from, in this order: the explicit
     //! endpoint variable `TRIGGERS_TEST_DYNAMODB_ENDPOINT` (what `make test`
     //! sets after starting AWS DynamoDB Local); else a Docker engine via
-    //! testcontainers (DynamoDB Local module). Neither → the test fails, it
-    //! never skips.
+    //! testcontainers: LocalStack when `TRIGGERS_TEST_DYNAMODB=localstack`,
+    //! DynamoDB Local otherwise. Neither → the test fails, it never skips.
 
     use std::sync::Arc;
     use std::time::Duration;
@@ -123,8 +124,22 @@ pub mod dynamodb {
         }
     }
 
+    pub const KIND_VAR: &str = "TRIGGERS_TEST_DYNAMODB";
+
     async fn from_docker() -> Option<String> {
         use testcontainers::runners::AsyncRunner;
+        use testcontainers::ImageExt;
+        if std::env::var(KIND_VAR).as_deref() == Ok("localstack") {
+            use testcontainers_modules::localstack::LocalStack;
+            let container = LocalStack::default()
+                .with_env_var("SERVICES", "dynamodb")
+                .start()
+                .await
+                .ok()?;
+            let port = container.get_host_port_ipv4(4566).await.ok()?;
+            Box::leak(Box::new(container));
+            return Some(format!("http://127.0.0.1:{port}"));
+        }
         use testcontainers_modules::dynamodb_local::DynamoDb;
         let container = DynamoDb::default().start().await.ok()?;
         let port = container.get_host_port_ipv4(8000).await.ok()?;
@@ -147,8 +162,8 @@ pub mod dynamodb {
                 }
                 panic!(
                     "no DynamoDB for the DynamoDB tests: set {ENDPOINT_VAR} to a DynamoDB \
-                     endpoint, run a Docker engine, or run `make test`, which starts AWS \
-                     DynamoDB Local itself"
+                     endpoint, run a Docker engine (with {KIND_VAR}=localstack for \
+                     LocalStack), or run `make test`, which starts AWS DynamoDB Local itself"
                 )
             })
             .await
@@ -197,6 +212,16 @@ pub fn test_settings() -> Settings {
     Settings {
         store_timeout: Duration::from_secs(10),
         ..Settings::default()
+    }
+}
+
+/// The black-box helpers (lease, settle, walk, …) work on it too.
+impl Endpoint for TestApp {
+    fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+    fn base(&self) -> &str {
+        &self.base
     }
 }
 
@@ -252,6 +277,14 @@ impl TestApp {
         let app = TestApp::start_on(store, (*self.state.settings).clone()).await;
         app.clock.set(self.clock.now());
         app
+    }
+
+    /// Begins this server's shutdown (as a SIGTERM would): it stops
+    /// accepting and drains the requests under way.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -315,128 +348,33 @@ impl TestApp {
 
     /// GET /events/{id} as JSON (asserting 200).
     pub async fn event(&self, key: &str, id: &str) -> Value {
-        let resp = self
-            .get(&format!("/events/{id}"), key)
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 200, "GET /events/{id}");
-        parse_deep(&resp.text().await.expect("body"))
+        Endpoint::event(self, key, id).await
     }
 
     /// DELETE /events/{id}; returns the status code.
     pub async fn ack(&self, key: &str, id: &str) -> u16 {
-        self.delete(&format!("/events/{id}"), key)
-            .send()
-            .await
-            .expect("send")
-            .status()
-            .as_u16()
+        Endpoint::ack(self, key, id).await
     }
 
     /// POST /events; returns the status code.
     pub async fn post_event_status(&self, key: &str, body: &Value) -> u16 {
-        self.post_json("/events", key, body)
-            .send()
-            .await
-            .expect("send")
-            .status()
-            .as_u16()
+        Endpoint::post_event_status(self, key, body).await
     }
 
     /// POSTs an event and returns its id (asserting 201).
     pub async fn create_event(&self, key: &str, body: &Value) -> String {
-        let resp = self
-            .post_json("/events", key, body)
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 201, "POST /events {body}");
-        let v: Value = resp.json().await.expect("json");
-        v["event_id"].as_str().expect("event_id").to_owned()
+        Endpoint::create_event(self, key, body).await
     }
 
     /// Walks every inbox page; returns the event ids in order.
     pub async fn walk_inbox(&self, key: &str, limit: u32, event_type: Option<&str>) -> Vec<String> {
-        let mut ids = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut q = vec![("limit".to_owned(), limit.to_string())];
-            if let Some(c) = &cursor {
-                q.push(("cursor".into(), c.clone()));
-            }
-            if let Some(t) = event_type {
-                q.push(("event_type".into(), t.to_owned()));
-            }
-            let resp = self
-                .client
-                .get(self.url("/inbox"))
-                .bearer_auth(key)
-                .query(&q)
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(resp.status(), 200);
-            let page: Value = resp.json().await.expect("json");
-            for e in page["events"].as_array().expect("events") {
-                ids.push(e["event_id"].as_str().expect("id").to_owned());
-            }
-            let has_more = page["pagination"]["has_more"].as_bool().expect("has_more");
-            if !has_more {
-                assert!(page["pagination"]["next_cursor"].is_null());
-                return ids;
-            }
-            cursor = Some(
-                page["pagination"]["next_cursor"]
-                    .as_str()
-                    .expect("next_cursor when has_more")
-                    .to_owned(),
-            );
-        }
+        Endpoint::walk_inbox(self, key, limit, event_type).await
     }
 }
 
-/// Reads a problem+json response, checking the transport-level shape.
-pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status().as_u16(), status, "status");
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert_eq!(ct, "application/problem+json", "content type");
-    let rid = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let v: Value = resp.json().await.expect("problem body is JSON");
-    assert_eq!(v["status"], status, "{v}");
-    assert_eq!(v["code"], code, "{v}");
-    for field in ["type", "title", "detail", "correlation_id"] {
-        assert!(v[field].is_string(), "problem lacks {field}: {v}");
-    }
-    assert_eq!(
-        v["correlation_id"],
-        rid.as_str(),
-        "correlation_id is the X-Request-ID"
-    );
-    v
-}
-
-/// The `field`s listed in a validation problem.
-pub fn error_fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e["field"].as_str().unwrap_or("").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+/// The suite's own checks (problem bodies, validation fields, deep JSON),
+/// shared with the black-box cases of the `triggers-conformance` crate.
+pub use triggers_conformance::{error_fields, parse_deep, problem};
 
 /// Snapshots a problem body under the top-level `snapshots/` folder, with
 /// the correlation id redacted.
@@ -453,13 +391,4 @@ pub fn assert_problem_snapshot(name: &str, mut problem: Value) {
     settings.bind(|| {
         insta::assert_snapshot!(name, text);
     });
-}
-
-/// Parses JSON of any depth (serde_json's default stops at 128 levels, and
-/// a response wraps the payload in more levels).
-pub fn parse_deep(text: &str) -> Value {
-    use serde::Deserialize;
-    let mut de = serde_json::Deserializer::from_str(text);
-    de.disable_recursion_limit();
-    Value::deserialize(&mut de).expect("valid JSON")
 }

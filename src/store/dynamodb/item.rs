@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::{
-    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, JsonObject, KeyId, KeyStatus, Role,
-    Source,
+    AccountId, ApiKeyRecord, Email, Event, EventId, EventType, IdempotencyKey, JsonObject, KeyId,
+    KeyStatus, LeaseId, Role, Source,
 };
-use crate::store::{Fingerprint, NewEvent, StoreError};
+use crate::store::{Fingerprint, IdempotencyClaim, KeptResponse, NewEvent, StoreError};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -40,6 +40,18 @@ pub(crate) const A_PART: &str = "part";
 pub(crate) const A_TS: &str = "ts";
 /// Milliseconds since the epoch; absent while undelivered.
 pub(crate) const A_DELIVERED_AT: &str = "da";
+/// Times leased (absent: 0). On the event item (the truth) and copied to
+/// its inbox or quarantine entry for listings.
+pub(crate) const A_LEASE_COUNT: &str = "lc";
+/// End of the latest lease, epoch milliseconds (absent: never leased, or
+/// released, or requeued). On the event item and copied like `lc`.
+pub(crate) const A_LEASED_UNTIL: &str = "lu";
+/// The lease holding the event (event item only; absent: none).
+pub(crate) const A_LEASE_ID: &str = "lid";
+/// Present (N 1) on a quarantined event's item and its quarantine entry.
+pub(crate) const A_QUARANTINED: &str = "q";
+/// Lease record: its chunk's entries (L of M).
+pub(crate) const L_ENTRIES: &str = "ev";
 
 // Key attributes (keys table; its partition key is `pk` = key id).
 pub(crate) const K_ACCOUNT: &str = "acct";
@@ -75,6 +87,203 @@ pub(crate) fn event_pk(account: &AccountId, id: &EventId) -> String {
 /// `IN#{account}`: the account's inbox partition (undelivered events only).
 pub(crate) fn inbox_pk(account: &AccountId) -> String {
     format!("IN#{account}")
+}
+
+/// `QU#{account}`: the account's quarantine partition (undelivered,
+/// quarantined events; the same items as the inbox's, moved here).
+pub(crate) fn quarantine_pk(account: &AccountId) -> String {
+    format!("QU#{account}")
+}
+
+/// `AV#{account}`: markers (keys only, plus `tsk`) of the account's events
+/// that are available and were never leased, or were released or
+/// requeued; sort key `{event_id}`, so the oldest come first.
+pub(crate) fn available_pk(account: &AccountId) -> String {
+    format!("AV#{account}")
+}
+
+/// `LX#{account}`: markers of the account's leased events (running or
+/// ended); sort key `{leased_until:013}#{event_id}`, so the leases that
+/// ended come first.
+pub(crate) fn leased_pk(account: &AccountId) -> String {
+    format!("LX#{account}")
+}
+
+pub(crate) fn leased_sk(until_ms: i64, id: &EventId) -> String {
+    format!("{until_ms:013}#{id}")
+}
+
+/// Where the leased markers whose lease ended by `now_ms` stop (exclusive).
+pub(crate) fn leased_sk_end(now_ms: i64) -> String {
+    format!("{:013}", now_ms.saturating_add(1))
+}
+
+/// The availability marker of an event never leased (or released).
+pub(crate) fn available_marker(account: &AccountId, type_hash: &str, id: &EventId) -> Item {
+    let mut it = key(available_pk(account), id.to_string());
+    it.insert(TSK.to_owned(), s(format!("{type_hash}#{id}")));
+    it
+}
+
+/// The marker of an event leased until `until_ms`.
+pub(crate) fn leased_marker(
+    account: &AccountId,
+    type_hash: &str,
+    until_ms: i64,
+    id: &EventId,
+) -> Item {
+    let mut it = key(leased_pk(account), leased_sk(until_ms, id));
+    it.insert(
+        TSK.to_owned(),
+        s(format!("{type_hash}#{}", leased_sk(until_ms, id))),
+    );
+    it
+}
+
+/// The event id at the end of a marker's sort key.
+pub(crate) fn marker_event_id(item: &Item) -> Result<EventId, StoreError> {
+    let sk = get_s(item, SK, "marker key")?;
+    let tail = sk.get(sk.len().saturating_sub(36)..).unwrap_or("");
+    EventId::parse(tail).ok_or(corrupt("marker event id"))
+}
+
+/// The leased-until of a leased marker (its sort key's head).
+pub(crate) fn marker_until(item: &Item) -> Result<i64, StoreError> {
+    let sk = get_s(item, SK, "marker key")?;
+    sk.split('#')
+        .next()
+        .and_then(|h| h.parse().ok())
+        .ok_or(corrupt("marker leased_until"))
+}
+
+/// `LS#{account}#{lease_id}`: the record of one lease, one item per chunk
+/// of events it took (written in the transaction that leased them).
+pub(crate) fn lease_pk(account: &AccountId, lease: &LeaseId) -> String {
+    format!("LS#{account}#{lease}")
+}
+
+/// One event of a lease record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaseEntry {
+    pub id: EventId,
+    /// The event type's hash (for its availability marker on release).
+    pub type_hash: String,
+    /// This lease quarantined it (its entry moved to `QU#`).
+    pub quarantined: bool,
+    /// Metadata parts (their TTL is set on ack).
+    pub parts: usize,
+}
+
+const E_ID: &str = "i";
+const E_TYPE: &str = "h";
+const E_QUARANTINED: &str = "q";
+const E_PARTS: &str = "m";
+
+/// One chunk of a lease record.
+pub(crate) fn lease_chunk_item(
+    account: &AccountId,
+    lease: &LeaseId,
+    chunk: &str,
+    until: &DateTime<Utc>,
+    expires: &DateTime<Utc>,
+    entries: &[LeaseEntry],
+) -> Item {
+    let mut it = key(lease_pk(account, lease), chunk);
+    it.insert(A_LEASED_UNTIL.to_owned(), ms(until));
+    it.insert(TTL.to_owned(), ttl_secs(expires));
+    let list = entries
+        .iter()
+        .map(|e| {
+            let mut m = HashMap::from([
+                (E_ID.to_owned(), s(e.id.to_string())),
+                (E_TYPE.to_owned(), s(e.type_hash.as_str())),
+            ]);
+            if e.quarantined {
+                m.insert(E_QUARANTINED.to_owned(), n(1));
+            }
+            if e.parts > 0 {
+                m.insert(
+                    E_PARTS.to_owned(),
+                    n(i64::try_from(e.parts).unwrap_or(i64::MAX)),
+                );
+            }
+            AttributeValue::M(m)
+        })
+        .collect();
+    it.insert(L_ENTRIES.to_owned(), AttributeValue::L(list));
+    it
+}
+
+/// A lease record's end and entries (oldest event first), from its chunks.
+pub(crate) fn lease_record(
+    chunks: &[Item],
+) -> Result<(DateTime<Utc>, Vec<LeaseEntry>), StoreError> {
+    let mut until = None;
+    let mut out = Vec::new();
+    for c in chunks {
+        until = Some(get_ms(c, A_LEASED_UNTIL, "lease.leased_until")?);
+        let Some(AttributeValue::L(list)) = c.get(L_ENTRIES) else {
+            return Err(corrupt("lease.entries"));
+        };
+        for e in list {
+            let AttributeValue::M(m) = e else {
+                return Err(corrupt("lease.entry"));
+            };
+            out.push(LeaseEntry {
+                id: EventId::parse(get_s(m, E_ID, "lease.entry.id")?)
+                    .ok_or(corrupt("lease.entry.id"))?,
+                type_hash: get_s(m, E_TYPE, "lease.entry.type")?.to_owned(),
+                quarantined: m.contains_key(E_QUARANTINED),
+                parts: usize::try_from(get_opt_n(m, E_PARTS, "lease.entry.parts")?.unwrap_or(0))
+                    .map_err(|_| corrupt("lease.entry.parts"))?,
+            });
+        }
+    }
+    out.sort_by_key(|e| e.id);
+    Ok((until.ok_or(corrupt("lease record"))?, out))
+}
+
+/// A quarantined event's entry (`QU#{account}` / `{id}`), from its event
+/// item as the lease that quarantines it leaves it.
+pub(crate) fn quarantine_entry(
+    event: &Item,
+    account: &AccountId,
+    id: &EventId,
+) -> Result<Item, StoreError> {
+    let mut it = event.clone();
+    for k in [A_LEASE_ID, A_DELIVERED_AT, TTL] {
+        it.remove(k);
+    }
+    let t = EventType::parse(get_s(event, A_TYPE, "event.event_type")?)
+        .map_err(|_| corrupt("event.event_type"))?;
+    it.extend(key(quarantine_pk(account), inbox_sk(id)));
+    it.insert(TSK.to_owned(), s(type_sk(&t, id)));
+    it.insert(A_QUARANTINED.to_owned(), n(1));
+    Ok(it)
+}
+
+/// A requeued event's inbox entry, from its event item: never leased.
+pub(crate) fn requeued_inbox_entry(
+    event: &Item,
+    account: &AccountId,
+    id: &EventId,
+) -> Result<Item, StoreError> {
+    let mut it = event.clone();
+    for k in [
+        A_LEASE_ID,
+        A_LEASED_UNTIL,
+        A_QUARANTINED,
+        A_DELIVERED_AT,
+        TTL,
+    ] {
+        it.remove(k);
+    }
+    let t = EventType::parse(get_s(event, A_TYPE, "event.event_type")?)
+        .map_err(|_| corrupt("event.event_type"))?;
+    it.extend(key(inbox_pk(account), inbox_sk(id)));
+    it.insert(TSK.to_owned(), s(type_sk(&t, id)));
+    it.insert(A_LEASE_COUNT.to_owned(), n(0));
+    Ok(it)
 }
 
 /// The inbox sort key: the hyphenated lowercase UUIDv7, whose byte order is
@@ -116,6 +325,72 @@ pub(crate) fn dedup_pk(account: &AccountId, fp: &Fingerprint) -> String {
     format!("DD#{account}#{}", fp.to_hex())
 }
 pub(crate) const DEDUP_SK: &str = "D";
+
+/// `IK#{account}#{key}`: the record of one idempotency key (an account
+/// has no `#`, so the key, which may, cannot make two records meet).
+pub(crate) fn idempotency_pk(account: &AccountId, key: &IdempotencyKey) -> String {
+    format!("IK#{account}#{}", key.as_str())
+}
+pub(crate) const IDEMPOTENCY_SK: &str = "K";
+
+// Idempotency record attributes.
+/// The request digest (B, 32 bytes).
+pub(crate) const I_REQUEST: &str = "rq";
+/// The claim's token (S, a UUID).
+pub(crate) const I_TOKEN: &str = "tok";
+/// Expiry, epoch ms: the claim's lapse while in flight, the kept
+/// response's end once finished. Reads judge by it; `ttl` only cleans up.
+pub(crate) const I_EXPIRES: &str = "exp";
+/// The kept status (N); absent while in flight.
+pub(crate) const I_STATUS: &str = "st";
+/// The kept body (B).
+pub(crate) const I_BODY: &str = "body";
+
+/// A claim's record: in flight until it lapses.
+pub(crate) fn idempotency_claim_item(claim: &IdempotencyClaim) -> Item {
+    let mut it = key(idempotency_pk(&claim.account, &claim.key), IDEMPOTENCY_SK);
+    it.insert(
+        I_REQUEST.to_owned(),
+        AttributeValue::B(Blob::new(claim.request.to_vec())),
+    );
+    it.insert(I_TOKEN.to_owned(), s(claim.token.to_string()));
+    it.insert(I_EXPIRES.to_owned(), ms(&claim.lapses_at));
+    it.insert(TTL.to_owned(), ttl_secs(&claim.lapses_at));
+    it
+}
+
+/// A stored idempotency record, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyRecord {
+    pub request: [u8; 32],
+    pub expires_ms: i64,
+    /// `None` while in flight.
+    pub response: Option<KeptResponse>,
+}
+
+pub(crate) fn idempotency_record(item: &Item) -> Result<IdempotencyRecord, StoreError> {
+    let request = match item.get(I_REQUEST) {
+        Some(AttributeValue::B(b)) => {
+            <[u8; 32]>::try_from(b.as_ref()).map_err(|_| corrupt("idempotency.request"))?
+        }
+        _ => return Err(corrupt("idempotency.request")),
+    };
+    let response = match get_opt_n(item, I_STATUS, "idempotency.status")? {
+        None => None,
+        Some(status) => Some(KeptResponse {
+            status: u16::try_from(status).map_err(|_| corrupt("idempotency.status"))?,
+            body: match item.get(I_BODY) {
+                Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
+                _ => return Err(corrupt("idempotency.body")),
+            },
+        }),
+    };
+    Ok(IdempotencyRecord {
+        request,
+        expires_ms: get_n(item, I_EXPIRES, "idempotency.expires")?,
+        response,
+    })
+}
 
 pub(crate) fn secret_pk(name: &str) -> String {
     format!("SECRET#{name}")
@@ -184,6 +459,8 @@ pub(crate) struct EventItems {
     pub inbox: Item,
     /// `EV#{account}#{id}` / `M#nnn`: metadata too large to sit inline.
     pub parts: Vec<Item>,
+    /// `AV#{account}` / `{id}`: available to leases.
+    pub available: Item,
 }
 
 /// Splits `text` into pieces of at most `max` bytes on char boundaries.
@@ -255,6 +532,7 @@ pub(crate) fn event_items_with_limits(
         event,
         inbox,
         parts,
+        available: available_marker(&e.account, &type_hash(&e.event_type), &e.event_id),
     }
 }
 
@@ -384,6 +662,8 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
         JsonObject::from_json_text(metadata_text).map_err(|_| corrupt("event.metadata"))?;
     let timestamp = get_ms(item, A_TS, "event.timestamp")?;
     let delivered_at = get_opt_ms(item, A_DELIVERED_AT, "event.delivered_at")?;
+    let lease_count = get_opt_n(item, A_LEASE_COUNT, "event.lease_count")?.unwrap_or(0);
+    let quarantined = item.contains_key(A_QUARANTINED);
     Ok(Event {
         event_id,
         account,
@@ -394,6 +674,9 @@ pub(crate) fn item_to_event(item: &Item, metadata: Option<String>) -> Result<Eve
         timestamp,
         delivered: delivered_at.is_some(),
         delivered_at,
+        lease_count: u32::try_from(lease_count).map_err(|_| corrupt("event.lease_count"))?,
+        leased_until: get_opt_ms(item, A_LEASED_UNTIL, "event.leased_until")?,
+        quarantined,
     })
 }
 
@@ -556,6 +839,39 @@ mod tests {
             assert!(lo <= later_sk && later_sk <= hi);
         }
         assert_eq!(type_range(&t, Some(Uuid::max())), None);
+    }
+
+    #[test]
+    fn idempotency_records_round_trip() {
+        let now = trunc_ms(Utc::now());
+        let claim = IdempotencyClaim {
+            account: AccountId::parse("acct").expect("valid"),
+            key: IdempotencyKey::parse(b"order#42 / retry").expect("valid"),
+            request: [9; 32],
+            token: Uuid::new_v4(),
+            now,
+            lapses_at: now + chrono::Duration::seconds(30),
+        };
+        let mut it = idempotency_claim_item(&claim);
+        assert_eq!(it.get(PK), Some(&s("IK#acct#order#42 / retry".to_owned())));
+        let rec = idempotency_record(&it).expect("maps back");
+        assert_eq!(rec.request, [9; 32]);
+        assert_eq!(rec.expires_ms, claim.lapses_at.timestamp_millis());
+        assert_eq!(rec.response, None);
+        it.insert(I_STATUS.to_owned(), n(201));
+        it.insert(
+            I_BODY.to_owned(),
+            AttributeValue::B(Blob::new(b"{}".to_vec())),
+        );
+        assert_eq!(
+            idempotency_record(&it).expect("maps back").response,
+            Some(KeptResponse {
+                status: 201,
+                body: b"{}".to_vec()
+            })
+        );
+        it.remove(I_BODY);
+        assert!(idempotency_record(&it).is_err());
     }
 
     #[test]

@@ -154,6 +154,64 @@ pub async fn every_error_body_matches_its_snapshot(b: Backend) {
         )
         .await,
     );
+    // v2: leases.
+    assert_problem_snapshot(
+        "validation_lease_body",
+        body(
+            app.post_raw(
+                "/inbox/lease",
+                &key,
+                r#"{"limit":0,"lease_seconds":3601,"wait_seconds":2.5,"event_type":"","x":1}"#,
+            )
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await,
+    );
+    assert_problem_snapshot(
+        "validation_settle_body",
+        body(
+            app.post_raw("/inbox/ack", &key, r#"{"event_ids":["nope"]}"#)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    assert_problem_snapshot(
+        "not_found_lease",
+        body(
+            app.post_raw(
+                "/inbox/release",
+                &key,
+                r#"{"lease_id":"00000000-0000-4000-8000-000000000000"}"#,
+            )
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await,
+    );
+    assert_problem_snapshot(
+        "validation_inbox_state",
+        body(app.get("/inbox?state=leased", &key).send().await.unwrap()).await,
+    );
+    let id = app
+        .create_event(&key, &json!({"event_type": "q", "payload": {}}))
+        .await;
+    assert_problem_snapshot(
+        "conflict_not_quarantined",
+        body(
+            app.client
+                .post(app.url(&format!("/events/{id}/requeue")))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
     let limited = app.key_with_limit("acme", Role::Creator, 1).await;
     app.get("/inbox", &limited).send().await.unwrap();
     assert_problem_snapshot(
