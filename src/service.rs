@@ -60,6 +60,7 @@ impl AppState {
         let dedup = Dedup {
             fingerprint: req.fingerprint,
             window: self.settings.dedup_window,
+            margin: self.settings.dedup_margin(),
         };
         match self.store.insert_event(event, dedup).await? {
             Inserted::Created => {
@@ -116,6 +117,7 @@ impl AppState {
                 dedup: Dedup {
                     fingerprint: req.fingerprint,
                     window: self.settings.dedup_window,
+                    margin: self.settings.dedup_margin(),
                 },
             })
             .collect();
@@ -196,12 +198,16 @@ impl AppState {
     }
 
     /// One purge pass: delivered events past retention, dedup records past
-    /// the window, idempotency records past their expiry.
+    /// the window and its margin (a repeat received inside the window may
+    /// still be on its way to the store when the window ends), idempotency
+    /// records past their expiry.
     pub async fn purge_once(&self) -> Result<u64, StoreError> {
         let now = self.clock.now();
-        let dedup_cutoff = now
-            - chrono::Duration::from_std(self.settings.dedup_window)
-                .unwrap_or(chrono::Duration::MAX);
+        let keep = self
+            .settings
+            .dedup_window
+            .saturating_add(self.settings.dedup_margin());
+        let dedup_cutoff = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
         self.store
             .purge(self.delivered_cutoff(now), dedup_cutoff, now)
             .await
