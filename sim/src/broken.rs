@@ -11,9 +11,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use triggers_api::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId};
+use triggers_api::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, IdempotencyKey, KeyId, LeaseId,
+};
 use triggers_api::store::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Position, Store,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, Insert,
+    Inserted, KeyChange, LeaseRequest, NewEvent, Position, RequeueOutcome, Settled, Store,
     StoreError,
 };
 
@@ -196,6 +199,7 @@ impl Store for BrokenStore {
                     let q = InboxQuery {
                         after: None,
                         event_type: None,
+                        state: query.state,
                         limit: 1,
                         max_bytes: query.max_bytes,
                     };
@@ -221,11 +225,74 @@ impl Store for BrokenStore {
             .await
     }
 
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
+        self.inner.insert_events(events).await
+    }
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.inner.claim_idempotency_key(claim).await
+    }
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .finish_idempotency_key(account, key, token, finish)
+            .await
+    }
+    async fn lease(
+        &self,
+        account: &AccountId,
+        req: &LeaseRequest,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.inner.lease(account, req).await
+    }
+    async fn ack_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.inner
+            .ack_leased(account, lease_id, event_ids, now, delivered_cutoff)
+            .await
+    }
+    async fn release_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.inner
+            .release_leased(account, lease_id, event_ids, delivered_cutoff)
+            .await
+    }
+    async fn requeue(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<RequeueOutcome, StoreError> {
+        self.inner
+            .requeue(account, event_id, delivered_cutoff)
+            .await
+    }
     async fn purge(
         &self,
         delivered_cutoff: DateTime<Utc>,
         dedup_cutoff: DateTime<Utc>,
+        idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        self.inner.purge(delivered_cutoff, dedup_cutoff).await
+        self.inner
+            .purge(delivered_cutoff, dedup_cutoff, idempotency_cutoff)
+            .await
     }
 }

@@ -17,9 +17,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use triggers_api::domain::{AccountId, ApiKeyRecord, Email, Event, EventId, KeyId};
+use triggers_api::domain::{
+    AccountId, ApiKeyRecord, Email, Event, EventId, IdempotencyKey, KeyId, LeaseId,
+};
 use triggers_api::store::{
-    AckOutcome, Dedup, InboxPage, InboxQuery, Inserted, KeyChange, NewEvent, Store, StoreError,
+    AckOutcome, ClaimOutcome, Dedup, Finish, IdempotencyClaim, InboxPage, InboxQuery, Insert,
+    Inserted, KeyChange, LeaseRequest, NewEvent, RequeueOutcome, Settled, Store, StoreError,
 };
 
 /// Longer than any store budget: `Timed` gives up first.
@@ -316,12 +319,81 @@ impl Store for FaultyStore {
         )
         .await
     }
+    async fn insert_events(&self, events: Vec<Insert>) -> Result<Vec<Inserted>, StoreError> {
+        self.write(self.inner.insert_events(events)).await
+    }
+    async fn claim_idempotency_key(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.write(self.inner.claim_idempotency_key(claim)).await
+    }
+    async fn finish_idempotency_key(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        token: uuid::Uuid,
+        finish: Finish,
+    ) -> Result<bool, StoreError> {
+        self.write(
+            self.inner
+                .finish_idempotency_key(account, key, token, finish),
+        )
+        .await
+    }
+    async fn lease(
+        &self,
+        account: &AccountId,
+        req: &LeaseRequest,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.write(self.inner.lease(account, req)).await
+    }
+    async fn ack_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        now: DateTime<Utc>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.write(
+            self.inner
+                .ack_leased(account, lease_id, event_ids, now, delivered_cutoff),
+        )
+        .await
+    }
+    async fn release_leased(
+        &self,
+        account: &AccountId,
+        lease_id: &LeaseId,
+        event_ids: Option<&[EventId]>,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.write(
+            self.inner
+                .release_leased(account, lease_id, event_ids, delivered_cutoff),
+        )
+        .await
+    }
+    async fn requeue(
+        &self,
+        account: &AccountId,
+        event_id: &EventId,
+        delivered_cutoff: DateTime<Utc>,
+    ) -> Result<RequeueOutcome, StoreError> {
+        self.write(self.inner.requeue(account, event_id, delivered_cutoff))
+            .await
+    }
     async fn purge(
         &self,
         delivered_cutoff: DateTime<Utc>,
         dedup_cutoff: DateTime<Utc>,
+        idempotency_cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        self.write(self.inner.purge(delivered_cutoff, dedup_cutoff))
-            .await
+        self.write(
+            self.inner
+                .purge(delivered_cutoff, dedup_cutoff, idempotency_cutoff),
+        )
+        .await
     }
 }
