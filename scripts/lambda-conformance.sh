@@ -19,19 +19,26 @@
 # should wake it needs another (with 1, that POST waits for the poll).
 # Not part of `make test` (slow); exit status: the runner's.
 #
-# What to expect (cargo-lambda 1.9.2): every case passes but these, whose
-# cause is the emulator in front of the function, not the function:
-#   - transport::invalid_utf8_is_a_400_validation_error: cargo lambda's
+# Some cases cannot pass behind this emulator, for reasons that are not the
+# function's; they are skipped with the reason printed (SKIP lines and
+# JUnit <skipped>), so the run is green when everything else passes.
+# EMULATOR_SKIPS="" runs them too:
+#   - transport::invalid_utf8_is_a_400_validation_error and
+#     batch::invalid_utf8_anywhere_in_a_batch_is_a_400_for_the_body: cargo lambda's
 #     server answers 500 itself for a body that is not UTF-8 (the function
 #     never sees the request; API Gateway would pass it base64-encoded);
+#   - idempotency::a_repeated_idempotency_key_header_is_400_naming_it: it
+#     joins repeated headers with commas (so does API Gateway: docs/deploy.md),
+#     so the function sees one key;
 #   - transport::a_declared_length_over_the_limit_is_413_before_any_body_is_read:
 #     its server waits for the declared body before invoking the function;
 #   - with CONCURRENCY > 1, meta::metrics_… and auth::authenticated_responses_
-#     carry_ratelimit_headers when consecutive requests reach two instances
-#     (/metrics and rate-limit windows are per instance);
-#   - with CONCURRENCY=1, leases::a_long_poll_wakes_up_when_an_event_is_ingested
-#     (the POST waits for the poll's instance).
-# CONFORMANCE_ARGS="--skip NAME …" passes options to the runner.
+#     carry_ratelimit_headers fail when consecutive requests reach two
+#     instances (/metrics and rate-limit windows are per instance, as on
+#     Lambda: docs/deploy.md); with CONCURRENCY=1 they pass and
+#     leases::a_long_poll_wakes_up_when_an_event_is_ingested fails instead
+#     (the POST waits for the poll's instance), so with 1 that one is skipped.
+# CONFORMANCE_ARGS="--skip NAME[=REASON] …" passes more options to the runner.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -121,9 +128,21 @@ done
 echo "the function answers at $base (after $(($(date +%s) - started)) s)"
 
 step "triggers-api conformance --base-url $base"
+skips=()
+if [[ -z ${EMULATOR_SKIPS+set} ]]; then
+    skips+=(--skip "invalid_utf8=cargo lambda's server answers 500 for a non-UTF-8 body before invoking the function")
+    skips+=(--skip "a_repeated_idempotency_key_header=cargo lambda (like API Gateway) joins repeated headers with commas: the function sees one key")
+    skips+=(--skip "a_declared_length_over_the_limit_is_413=cargo lambda's server waits for the declared body before invoking the function")
+    if ((CONCURRENCY > 1)); then
+        skips+=(--skip "metrics_expose_requests=/metrics is per instance and consecutive requests reach different instances")
+        skips+=(--skip "authenticated_responses_carry_ratelimit_headers=rate-limit windows are per instance and consecutive requests reach different instances")
+    else
+        skips+=(--skip "leases::a_long_poll_wakes_up_when_an_event_is_ingested=with one instance the waking POST waits for the poll")
+    fi
+fi
 set +e
 "$cli" conformance --base-url "$base" --keys "$keys_file" --expect-backend dynamodb \
-    --junit "$OUT/junit.xml" ${CONFORMANCE_ARGS:-} | tee "$OUT/report.txt"
+    --junit "$OUT/junit.xml" "${skips[@]}" ${CONFORMANCE_ARGS:-} | tee "$OUT/report.txt"
 rc=${PIPESTATUS[0]}
 set -e
 

@@ -110,7 +110,8 @@ pub struct ConformanceArgs {
     /// Run only the cases whose group::name contains this (repeatable).
     #[arg(long)]
     pub only: Vec<String>,
-    /// Skip the cases whose group::name contains this (repeatable).
+    /// Skip the cases whose group::name contains this (repeatable);
+    /// `NAME=REASON` prints REASON as the case's skip reason.
     #[arg(long)]
     pub skip: Vec<String>,
     /// A case (with its clean-up) that takes longer fails.

@@ -510,6 +510,13 @@ impl Ctx {
         t
     }
 
+    /// An `Idempotency-Key` of this case and run:
+    /// `conf.<run id>.<case>.<suffix>`. A deployment keeps the answer of a
+    /// key for 24 hours, so a key is never sent again by a later run.
+    pub fn idempotency_key(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.namespace)
+    }
+
     /// Ends the case as skipped (the caller returns right after): this
     /// target cannot run it (e.g. an https base URL for a raw-socket case).
     pub fn cannot_run(&self, reason: &str) {

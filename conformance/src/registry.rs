@@ -90,6 +90,25 @@ macro_rules! with_black_box_cases {
             leases::an_event_deleted_while_leased_takes_no_place_in_later_leases,
             leases::a_viewer_gets_403_on_the_lease_routes_before_the_body_is_read,
             leases::lease_ack_and_release_bodies_are_validated,
+
+            batch::a_batch_answers_every_event_in_request_order,
+            batch::a_repeat_inside_one_batch_is_a_duplicate_of_its_first,
+            batch::a_malformed_envelope_is_400_for_the_whole_batch,
+            batch::invalid_utf8_anywhere_in_a_batch_is_a_400_for_the_body,
+            batch::a_batch_of_100_events_is_accepted_and_101_is_400,
+            batch::the_batch_byte_limit_holds_on_the_bytes_read_and_events_keep_theirs,
+            batch::nesting_is_judged_per_event,
+            batch::a_viewer_gets_403_on_batch_before_the_body_or_key_is_read,
+            batch::concurrent_identical_batches_create_each_event_once,
+            batch::a_batch_wakes_a_long_poll_and_its_events_are_leasable,
+            batch::the_openapi_document_states_the_batch_route_and_the_idempotency_key,
+
+            idempotency::a_retry_with_the_same_key_and_body_gets_the_first_response_again,
+            idempotency::the_same_key_with_another_body_or_route_is_409,
+            idempotency::equal_keys_of_different_accounts_never_meet,
+            idempotency::an_invalid_idempotency_key_is_400_naming_the_header,
+            idempotency::a_repeated_idempotency_key_header_is_400_naming_it,
+            idempotency::answers_other_than_2xx_are_not_kept,
         }
     };
 }
@@ -142,6 +161,30 @@ macro_rules! with_hooked_cases {
 
             snapshots::every_error_body_matches_its_snapshot =>
                 "needs an inactive key and a key limited to 1 request/minute (made through the store); compares with the insta snapshots under snapshots/",
+
+            batch::a_batch_counts_once_against_the_rate_limit =>
+                "needs a key with a limit of 2 requests/minute",
+            batch::batch_events_count_in_the_ingest_and_duplicate_metrics =>
+                "needs the exact counts of /metrics, of one server that nobody else uses",
+            batch::a_store_failure_fails_the_whole_batch_and_its_retry_is_deduplicated =>
+                "needs a store that refuses a write, and one that writes and loses the answer",
+
+            idempotency::the_same_request_while_the_first_is_under_way_is_409_retryable =>
+                "needs a store that holds a write until released (a request kept under way); compares with an insta snapshot",
+            idempotency::a_kept_response_expires_after_24_hours =>
+                "needs the server's clock (24 hours, to the millisecond) and the purge",
+            idempotency::a_retry_after_a_lost_answer_creates_no_second_event =>
+                "needs a store that writes and loses the answer",
+            idempotency::a_claim_left_by_a_request_that_died_lapses_after_the_request_timeout =>
+                "needs a claim written through the store (a request that died) and the server's clock",
+            idempotency::kept_responses_hold_across_instances_and_restarts =>
+                "needs a second server instance on the same store",
+            idempotency::idempotent_replays_are_counted_in_the_metrics =>
+                "needs the exact counts of /metrics, of one server that nobody else uses",
+            idempotency::an_idempotency_key_belongs_to_the_account_not_to_the_api_key =>
+                "needs two creator keys of one account (the runner is given one)",
+            idempotency::a_503_answer_is_not_kept =>
+                "needs a store that refuses a write",
         }
     };
 }
@@ -159,7 +202,7 @@ pub enum Kind {
 #[derive(Clone, Copy)]
 pub struct Case {
     /// The area of the contract: meta, transport, auth, events, inbox,
-    /// leases, snapshots.
+    /// leases, batch, idempotency, snapshots.
     pub group: &'static str,
     /// A sentence, as the test is named.
     pub name: &'static str,

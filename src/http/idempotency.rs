@@ -163,3 +163,23 @@ pub async fn respond_idempotently(
         }
     }
 }
+
+/// The optional `Idempotency-Key` header of the ingest routes (OpenAPI).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKeyParam {
+    /// Makes retries of this request safe for 24 h: the first answer (a
+    /// 2xx) is kept per account and key, and a retry with the same key and
+    /// a byte-identical body gets it again, with Idempotent-Replayed: true.
+    /// The same key with another body is 409, and so is the same request
+    /// while the first is still being processed (with Retry-After). 1–255
+    /// printable ASCII characters, not beginning or ending with a space.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]([ -~]{0,253}[!-~])?$"
+    )]
+    idempotency_key: Option<String>,
+}

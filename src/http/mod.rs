@@ -43,7 +43,9 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::meta::router())
+        .merge(openapi::router())
         .merge(routes::events::router(state.clone()))
+        .merge(routes::batch::router(state.clone()))
         .merge(routes::leases::router(state.clone()))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(

@@ -1,9 +1,14 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//! The OpenAPI 3.1 document, generated from the handlers' annotations, and
+//! the two routes that serve it (`/openapi.json`, `/docs`).
 
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{batch, events, leases, meta};
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,7 +17,7 @@ use super::routes::{batch, events, leases, meta};
         description = "Systems POST events; each account's consumers read their inbox of undelivered events and acknowledge them."
     ),
     paths(
-        meta::index, meta::status, meta::metrics, meta::openapi, meta::docs,
+        meta::index, meta::status, meta::metrics, openapi, docs,
         events::create_event, batch::create_batch, events::list_inbox, events::get_event, events::ack_event,
         leases::lease, leases::ack, leases::release, leases::requeue,
     ),
@@ -26,6 +31,26 @@ use super::routes::{batch, events, leases, meta};
     )
 )]
 pub struct ApiDoc;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// A page rendering the OpenAPI document; works offline (no CDN).
+#[utoipa::path(get, path = "/docs", tag = "meta",
+    responses((status = 200, description = "HTML", content_type = "text/html")))]
+pub async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}
 
 struct Security;
 

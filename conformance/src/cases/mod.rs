@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod auth;
+pub mod batch;
 pub mod events;
+pub mod idempotency;
 pub mod inbox;
 pub mod leases;
 pub mod meta;

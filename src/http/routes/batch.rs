@@ -4,18 +4,31 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::events::IdempotencyKeyParam;
 use crate::domain::format_ts;
-use crate::http::auth::Creator;
+use crate::http::auth::{require_key, Creator};
 use crate::http::error::{ApiError, ErrorCode, FieldError, Problem};
 use crate::http::extract::{BatchBody, BatchRequest};
-use crate::http::idempotency::{respond_idempotently, IdempotencyKeyHeader, Rendered};
+use crate::http::idempotency::{
+    respond_idempotently, IdempotencyKeyHeader, IdempotencyKeyParam, Rendered,
+};
 use crate::service::{CreateEvent, Ingested};
 use crate::state::AppState;
+
+/// Behind `require_key` like every ingest route (per method: a wrong
+/// method is a 405 with or without a key).
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new().route(
+        "/events/batch",
+        post(create_batch).route_layer(from_fn_with_state(state, require_key)),
+    )
+}
 
 /// At most this many entries in an item's `errors` (the last one then says
 /// how many more there were), so that an answer stays small enough to keep

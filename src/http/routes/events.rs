@@ -14,7 +14,9 @@ use crate::domain::{format_ts, Event, EventId};
 use crate::http::auth::{require_key, Creator, Viewer};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{decode_cursor, EventIdParam, InboxParams, JsonBody};
-use crate::http::idempotency::{respond_idempotently, IdempotencyKeyHeader, Rendered};
+use crate::http::idempotency::{
+    respond_idempotently, IdempotencyKeyHeader, IdempotencyKeyParam, Rendered,
+};
 use crate::service::CreateEvent;
 use crate::state::AppState;
 use crate::store::{AckOutcome, InboxQuery};
@@ -26,10 +28,6 @@ pub fn router(state: AppState) -> Router<AppState> {
     let auth = || from_fn_with_state(state.clone(), require_key);
     Router::new()
         .route("/events", post(create_event).route_layer(auth()))
-        .route(
-            "/events/batch",
-            post(super::batch::create_batch).route_layer(auth()),
-        )
         .route("/inbox", get(list_inbox).route_layer(auth()))
         // The path clients of the original service call.
         .route("/events/inbox", get(list_inbox).route_layer(auth()))
@@ -173,26 +171,6 @@ fn location_of_accepted(body: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
         .and_then(|id| location(&id))
         .into_iter()
         .collect()
-}
-
-/// The optional `Idempotency-Key` header of the ingest routes (OpenAPI).
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct IdempotencyKeyParam {
-    /// Makes retries of this request safe for 24 h: the first answer (a
-    /// 2xx) is kept per account and key, and a retry with the same key and
-    /// a byte-identical body gets it again, with Idempotent-Replayed: true.
-    /// The same key with another body is 409, and so is the same request
-    /// while the first is still being processed (with Retry-After). 1–255
-    /// printable ASCII characters, not beginning or ending with a space.
-    #[param(
-        rename = "Idempotency-Key",
-        min_length = 1,
-        max_length = 255,
-        pattern = "^[!-~]([ -~]{0,253}[!-~])?$"
-    )]
-    idempotency_key: Option<String>,
 }
 
 /// The caller's undelivered events (not quarantined, leased or not), oldest

@@ -1,16 +1,16 @@
-//! Unauthenticated routes: service index, status, metrics, OpenAPI and docs.
+//! Unauthenticated routes: service index, status, metrics (the OpenAPI
+//! document and its page: `crate::http::openapi`).
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
-use crate::http::openapi::ApiDoc;
 use crate::state::AppState;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -21,8 +21,6 @@ pub fn router() -> Router<AppState> {
         .route("/", get(index))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/docs", get(docs))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -119,18 +117,4 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
-}
-
-/// A page rendering the OpenAPI document; works offline (no CDN).
-#[utoipa::path(get, path = "/docs", tag = "meta",
-    responses((status = 200, description = "HTML", content_type = "text/html")))]
-pub async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
 }

@@ -1,22 +1,23 @@
 //! The Idempotency-Key header of POST /events and POST /events/batch
-//! (docs/api.md, "Idempotency keys"): the first 2xx kept per (account, key)
-//! for 24 h and replayed byte for byte with `Idempotent-Replayed: true`; a
-//! different request with the key, or the same one while the first is
-//! under way, 409; nothing else kept.
+//! (docs/api.md, "Idempotency keys"), the cases that need a test-only hook:
+//! a store that holds, refuses or loses a write, the server's clock (24 h,
+//! the claim's lapse), a second instance, a second creator key of one
+//! account, the metrics of this server alone. The black-box cases are the
+//! `triggers-conformance` crate's (`conformance/src/cases/idempotency.rs`,
+//! run here as `blackbox::*`).
 
 use chrono::Duration;
 use serde_json::Value;
 use triggers_api::domain::Role;
 
 use super::held::{held_app, Inserts};
-use crate::support::{assert_problem_snapshot, error_fields, problem, Backend, TestApp};
+use crate::support::{assert_problem_snapshot, problem, Backend, TestApp};
 
 const REPLAYED: &str = "idempotent-replayed";
 
 struct Answer {
     status: u16,
     replayed: Option<String>,
-    location: Option<String>,
     retry_after: Option<String>,
     body: Vec<u8>,
 }
@@ -41,7 +42,6 @@ async fn send(app: &TestApp, path: &str, key: &str, idem: Option<&str>, body: &s
     Answer {
         status: resp.status().as_u16(),
         replayed: header(REPLAYED),
-        location: header("location"),
         retry_after: header("retry-after"),
         body: resp.bytes().await.unwrap().to_vec(),
     }
@@ -54,103 +54,6 @@ fn batch_body(n: usize) -> String {
         .map(|i| format!(r#"{{"event_type":"b","payload":{{"i":{i}}}}}"#))
         .collect();
     format!(r#"{{"events":[{},{{"event_type":""}}]}}"#, events.join(","))
-}
-
-pub async fn a_retry_with_the_same_key_and_body_gets_the_first_response_again(b: Backend) {
-    let (app, key) = TestApp::with_creator(b).await;
-    let first = send(&app, "/events", &key, Some("k-1"), EVENT).await;
-    assert_eq!(first.status, 201);
-    assert_eq!(first.replayed, None);
-    let again = send(&app, "/events", &key, Some("k-1"), EVENT).await;
-    // Not a 200 duplicate: the first response itself, byte for byte.
-    assert_eq!(again.status, 201);
-    assert_eq!(again.body, first.body);
-    assert_eq!(again.location, first.location);
-    assert_eq!(again.replayed.as_deref(), Some("true"));
-    // Even after the event was acknowledged.
-    let id = first.json()["event_id"].as_str().unwrap().to_owned();
-    assert_eq!(app.ack(&key, &id).await, 204);
-    let later = send(&app, "/events", &key, Some("k-1"), EVENT).await;
-    assert_eq!((later.status, &later.body), (201, &first.body));
-    // Without a key the same body is a plain duplicate.
-    let plain = send(&app, "/events", &key, None, EVENT).await;
-    assert_eq!(plain.status, 200);
-    assert_eq!(plain.replayed, None);
-
-    // A batch (with a refused item: still a 200, kept whole).
-    let body = batch_body(3);
-    let first = send(&app, "/events/batch", &key, Some("k-2"), &body).await;
-    assert_eq!(first.status, 200);
-    let statuses: Vec<u64> = first.json()["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_u64().unwrap())
-        .collect();
-    assert_eq!(statuses, [201, 201, 201, 400]);
-    let again = send(&app, "/events/batch", &key, Some("k-2"), &body).await;
-    assert_eq!(again.status, 200);
-    assert_eq!(again.body, first.body);
-    assert_eq!(again.replayed.as_deref(), Some("true"));
-    assert_eq!(app.walk_inbox(&key, 50, None).await.len(), 3);
-    // The replays are counted.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("triggers_idempotent_replays_total 3"),
-        "{metrics}"
-    );
-}
-
-pub async fn the_same_key_with_another_body_or_route_is_409(b: Backend) {
-    let (app, key) = TestApp::with_creator(b).await;
-    assert_eq!(
-        send(&app, "/events", &key, Some("k"), EVENT).await.status,
-        201
-    );
-    // Another payload; the same JSON spelled differently (the body must be
-    // byte-identical); the other ingest route.
-    let others = [
-        (
-            "/events",
-            r#"{"event_type":"order.created","payload":{"order":43}}"#.to_owned(),
-        ),
-        (
-            "/events",
-            r#"{"payload":{"order":42},"event_type":"order.created"}"#.to_owned(),
-        ),
-        ("/events", format!("{EVENT} ")),
-        ("/events/batch", format!(r#"{{"events":[{EVENT}]}}"#)),
-    ];
-    for (path, body) in others {
-        let a = send(&app, path, &key, Some("k"), &body).await;
-        assert_eq!(a.status, 409, "{path} {body}");
-        assert_eq!(a.retry_after, None, "not retryable");
-        let p = a.json();
-        assert_eq!(p["code"], "CONFLICT");
-        assert!(
-            p["detail"].as_str().unwrap().contains("different request"),
-            "{p}"
-        );
-    }
-    assert_eq!(app.walk_inbox(&key, 50, None).await.len(), 1);
-    let resp = app
-        .post_raw("/events", &key, r#"{"event_type":"x","payload":{}}"#)
-        .header("idempotency-key", "k")
-        .send()
-        .await
-        .unwrap();
-    assert_problem_snapshot(
-        "conflict_idempotency_key_reused",
-        problem(resp, 409, "CONFLICT").await,
-    );
 }
 
 pub async fn the_same_request_while_the_first_is_under_way_is_409_retryable(b: Backend) {
@@ -204,27 +107,6 @@ pub async fn the_same_request_while_the_first_is_under_way_is_409_retryable(b: B
     assert_eq!(retried.replayed.as_deref(), Some("true"));
 }
 
-pub async fn equal_keys_of_different_accounts_never_meet(b: Backend) {
-    let app = TestApp::start(b).await;
-    let acme = app.key("acme", Role::Creator).await;
-    let globex = app.key("globex", Role::Creator).await;
-    let a = send(&app, "/events", &acme, Some("shared"), EVENT).await;
-    let g = send(&app, "/events", &globex, Some("shared"), EVENT).await;
-    assert_eq!((a.status, g.status), (201, 201));
-    assert_eq!(g.replayed, None);
-    assert_ne!(a.json()["event_id"], g.json()["event_id"]);
-    let other = r#"{"event_type":"t","payload":{}}"#;
-    let g2 = send(&app, "/events", &globex, Some("acme-only"), other).await;
-    let a2 = send(&app, "/events", &acme, Some("acme-only"), EVENT).await;
-    assert_eq!((g2.status, a2.status), (201, 200));
-    assert_eq!(a2.replayed, None);
-    // Keys belong to the account, not to the API key that sent them.
-    let acme2 = app.key("acme", Role::Creator).await;
-    let again = send(&app, "/events", &acme2, Some("shared"), EVENT).await;
-    assert_eq!(again.body, a.body);
-    assert_eq!(again.replayed.as_deref(), Some("true"));
-}
-
 pub async fn a_kept_response_expires_after_24_hours(b: Backend) {
     let (app, key) = TestApp::with_creator(b).await;
     let first = send(&app, "/events", &key, Some("day"), EVENT).await;
@@ -255,112 +137,6 @@ pub async fn a_kept_response_expires_after_24_hours(b: Backend) {
         send(&app, "/events", &key, Some("day"), other).await.status,
         201
     );
-}
-
-pub async fn an_invalid_idempotency_key_is_400_naming_the_header(b: Backend) {
-    let (app, key) = TestApp::with_creator(b).await;
-    let long = "k".repeat(256);
-    let bad: Vec<reqwest::header::HeaderValue> = vec![
-        reqwest::header::HeaderValue::from_static(""),
-        reqwest::header::HeaderValue::from_str(&long).unwrap(),
-        reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
-        reqwest::header::HeaderValue::from_bytes(b"a\tb").unwrap(),
-    ];
-    for path in ["/events", "/events/batch"] {
-        for v in &bad {
-            // Checked before the body is read: a malformed body does not
-            // change the answer.
-            let resp = app
-                .post_raw(path, &key, "{not json")
-                .header("idempotency-key", v.clone())
-                .send()
-                .await
-                .unwrap();
-            let p = problem(resp, 400, "VALIDATION_ERROR").await;
-            assert_eq!(error_fields(&p), ["Idempotency-Key"], "{v:?}: {p}");
-        }
-        let resp = app
-            .post_raw(path, &key, EVENT)
-            .header("idempotency-key", "a")
-            .header("idempotency-key", "b")
-            .send()
-            .await
-            .unwrap();
-        let p = problem(resp, 400, "VALIDATION_ERROR").await;
-        assert_eq!(error_fields(&p), ["Idempotency-Key"]);
-    }
-    assert!(app.walk_inbox(&key, 50, None).await.is_empty());
-    // The longest and the oddest valid keys work.
-    let longest = "~".repeat(255);
-    assert_eq!(
-        send(&app, "/events", &key, Some(&longest), EVENT)
-            .await
-            .status,
-        201
-    );
-    let odd = r#"a b"c\d{}#"#;
-    let other = r#"{"event_type":"t","payload":{"odd":1}}"#;
-    assert_eq!(
-        send(&app, "/events", &key, Some(odd), other).await.status,
-        201
-    );
-    assert_eq!(
-        send(&app, "/events", &key, Some(odd), other)
-            .await
-            .replayed
-            .as_deref(),
-        Some("true")
-    );
-    let resp = app
-        .post_raw("/events", &key, EVENT)
-        .header("idempotency-key", long)
-        .send()
-        .await
-        .unwrap();
-    assert_problem_snapshot(
-        "validation_idempotency_key",
-        problem(resp, 400, "VALIDATION_ERROR").await,
-    );
-}
-
-pub async fn answers_other_than_2xx_are_not_kept(b: Backend) {
-    let (app, hooks) = held_app(b).await;
-    let key = app.key("acme", Role::Creator).await;
-    // A 400 (the body is invalid) leaves the key free ...
-    let invalid = send(&app, "/events", &key, Some("k4"), r#"{"event_type":""}"#).await;
-    assert_eq!(invalid.status, 400);
-    assert_eq!(
-        send(&app, "/events", &key, Some("k4"), EVENT).await.status,
-        201
-    );
-    // ... and so does a 413.
-    let big = format!(
-        r#"{{"event_type":"t","payload":{{"p":"{}"}}}}"#,
-        "x".repeat(300 * 1024)
-    );
-    assert_eq!(
-        send(&app, "/events", &key, Some("k413"), &big).await.status,
-        413
-    );
-    let small = r#"{"event_type":"t","payload":{"p":"x"}}"#;
-    assert_eq!(
-        send(&app, "/events", &key, Some("k413"), small)
-            .await
-            .status,
-        201
-    );
-    // A 503 too: the retry with the same key succeeds.
-    hooks.set(Inserts::Refuse);
-    let body = batch_body(2);
-    let failed = send(&app, "/events/batch", &key, Some("k5"), &body).await;
-    assert_eq!(failed.status, 503);
-    hooks.set(Inserts::Pass);
-    let retried = send(&app, "/events/batch", &key, Some("k5"), &body).await;
-    assert_eq!(retried.status, 200);
-    assert_eq!(retried.replayed, None);
-    let again = send(&app, "/events/batch", &key, Some("k5"), &body).await;
-    assert_eq!(again.body, retried.body);
-    assert_eq!(again.replayed.as_deref(), Some("true"));
 }
 
 pub async fn a_retry_after_a_lost_answer_creates_no_second_event(b: Backend) {
@@ -455,4 +231,74 @@ pub async fn kept_responses_hold_across_instances_and_restarts(b: Backend) {
     )
     .await;
     assert_eq!(conflict.status, 409);
+}
+
+/// The replays are counted: exactly these three, on a server of its own
+/// (the black-box `a_retry_with_the_same_key_and_body_gets_the_first_response_again`
+/// checks the replays themselves).
+pub async fn idempotent_replays_are_counted_in_the_metrics(b: Backend) {
+    let (app, key) = TestApp::with_creator(b).await;
+    let first = send(&app, "/events", &key, Some("k-1"), EVENT).await;
+    assert_eq!(first.status, 201);
+    let again = send(&app, "/events", &key, Some("k-1"), EVENT).await;
+    assert_eq!(again.replayed.as_deref(), Some("true"));
+    let id = first.json()["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(app.ack(&key, &id).await, 204);
+    let later = send(&app, "/events", &key, Some("k-1"), EVENT).await;
+    assert_eq!(later.replayed.as_deref(), Some("true"));
+    // A plain duplicate is no replay.
+    let plain = send(&app, "/events", &key, None, EVENT).await;
+    assert_eq!((plain.status, plain.replayed), (200, None));
+    let body = batch_body(3);
+    let first = send(&app, "/events/batch", &key, Some("k-2"), &body).await;
+    assert_eq!((first.status, first.replayed), (200, None));
+    let again = send(&app, "/events/batch", &key, Some("k-2"), &body).await;
+    assert_eq!(again.replayed.as_deref(), Some("true"));
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("triggers_idempotent_replays_total 3"),
+        "{metrics}"
+    );
+}
+
+/// Keys belong to the account, not to the API key that sent them (the
+/// black-box `equal_keys_of_different_accounts_never_meet` checks that two
+/// accounts never meet).
+pub async fn an_idempotency_key_belongs_to_the_account_not_to_the_api_key(b: Backend) {
+    let app = TestApp::start(b).await;
+    let acme = app.key("acme", Role::Creator).await;
+    let acme2 = app.key("acme", Role::Creator).await;
+    let a = send(&app, "/events", &acme, Some("shared"), EVENT).await;
+    assert_eq!(a.status, 201);
+    let again = send(&app, "/events", &acme2, Some("shared"), EVENT).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.body, a.body);
+    assert_eq!(again.replayed.as_deref(), Some("true"));
+}
+
+/// A 503 leaves the key free: the retry with the same key is served anew,
+/// and then kept (the black-box `answers_other_than_2xx_are_not_kept`
+/// checks a 400 and a 413).
+pub async fn a_503_answer_is_not_kept(b: Backend) {
+    let (app, hooks) = held_app(b).await;
+    let key = app.key("acme", Role::Creator).await;
+    hooks.set(Inserts::Refuse);
+    let body = batch_body(2);
+    let failed = send(&app, "/events/batch", &key, Some("k5"), &body).await;
+    assert_eq!(failed.status, 503);
+    hooks.set(Inserts::Pass);
+    let retried = send(&app, "/events/batch", &key, Some("k5"), &body).await;
+    assert_eq!(retried.status, 200);
+    assert_eq!(retried.replayed, None);
+    let again = send(&app, "/events/batch", &key, Some("k5"), &body).await;
+    assert_eq!(again.body, retried.body);
+    assert_eq!(again.replayed.as_deref(), Some("true"));
 }

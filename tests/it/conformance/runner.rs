@@ -267,6 +267,13 @@ async fn the_command_fails_against_a_server_that_answers_422_for_invalid_request
         "inbox::unknown_query_parameters_are_400",
         "inbox::a_malformed_tampered_or_foreign_cursor_is_400_invalid_cursor",
         "leases::lease_ack_and_release_bodies_are_validated",
+        "batch::a_malformed_envelope_is_400_for_the_whole_batch",
+        "batch::invalid_utf8_anywhere_in_a_batch_is_a_400_for_the_body",
+        "batch::a_batch_of_100_events_is_accepted_and_101_is_400",
+        "batch::the_batch_byte_limit_holds_on_the_bytes_read_and_events_keep_theirs",
+        "idempotency::an_invalid_idempotency_key_is_400_naming_the_header",
+        "idempotency::a_repeated_idempotency_key_header_is_400_naming_it",
+        "idempotency::answers_other_than_2xx_are_not_kept",
     ]
     .into();
     assert_eq!(failed, want, "{out}");

@@ -212,6 +212,48 @@ pub async fn every_error_body_matches_its_snapshot(b: Backend) {
         )
         .await,
     );
+    // Batch ingest and idempotency keys (their cases are black-box ones,
+    // which cannot compare with the snapshots here).
+    assert_problem_snapshot(
+        "validation_batch_envelope",
+        body(
+            app.post_raw("/events/batch", &key, r#"{"events":[],"mode":"all"}"#)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    let event = r#"{"event_type":"order.created","payload":{"order":42}}"#;
+    let resp = app
+        .post_raw("/events", &key, event)
+        .header("idempotency-key", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_problem_snapshot(
+        "conflict_idempotency_key_reused",
+        body(
+            app.post_raw("/events", &key, r#"{"event_type":"x","payload":{}}"#)
+                .header("idempotency-key", "k")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    assert_problem_snapshot(
+        "validation_idempotency_key",
+        body(
+            app.post_raw("/events", &key, event)
+                .header("idempotency-key", "k".repeat(256))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
     let limited = app.key_with_limit("acme", Role::Creator, 1).await;
     app.get("/inbox", &limited).send().await.unwrap();
     assert_problem_snapshot(
