@@ -3,8 +3,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STORE ?= sqlite://./data/triggers.db
 BIND  ?= 127.0.0.1:8080
+# make sim / sim-long
+SEED     ?= 1
+STEPS    ?= 2000
+DURATION ?= 60s
+ARGS     ?=
 
-.PHONY: help run build key tail test test-quick test-localstack mutants lint fmt clippy bench loadtest hotpath dynamodb-local dynamodb-local-stop clean conformance
+.PHONY: help run build key tail test test-quick test-localstack mutants lint fmt clippy bench loadtest hotpath sim sim-long dynamodb-local dynamodb-local-stop clean conformance
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -19,13 +24,14 @@ key: build ## create a creator key: make key ACCOUNT=acme EMAIL=you@example.com
 	./target/release/triggers-api keys create --store $(STORE) \
 	  --account $${ACCOUNT:-my-account} --email $${EMAIL:-you@example.com} --role $${ROLE:-creator}
 
-test: ## everything CI checks: fmt, clippy, unit + conformance (SQLite and DynamoDB Local) + proptests + snapshots
+test: ## everything CI checks: fmt, clippy, unit + conformance (SQLite, DynamoDB Local, memory) + proptests + snapshots + the simulation
 	scripts/test.sh
 
-test-quick: ## the test suite against SQLite only (no emulator; DynamoDB tests are excluded, loudly)
+test-quick: ## the test suite without DynamoDB (SQLite and the in-memory store; DynamoDB tests are excluded, loudly), and the simulator's tests
 	$(CARGO) test -- --skip conformance::dynamodb:: --skip dynamodb_store:: \
 	  --skip works_on_dynamodb --skip unreachable_dynamodb --skip deploy::dynamodb:: \
 	  --skip conformance::runner::dynamodb::
+	$(CARGO) test -p triggers-sim
 
 test-localstack: ## the DynamoDB tests on LocalStack started by testcontainers (needs a Docker engine)
 	TRIGGERS_TEST_DYNAMODB=localstack TRIGGERS_TEST_DYNAMODB_ENDPOINT= \
@@ -53,6 +59,7 @@ fmt:
 clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy -p triggers-loadtest --all-targets -- -D warnings
+	$(CARGO) clippy -p triggers-sim --all-targets -- -D warnings
 
 bench: ## criterion benches (auth, fingerprint, store)
 	$(CARGO) bench --bench auth --bench fingerprint --bench store
@@ -65,6 +72,12 @@ hotpath: ## issue 4's hot-path plan (status, ingest, ingest+inbox) with the lean
 
 tail: ## POST /events tail latency with wrk (cold/warm 64, warm 16 conns, /status), 3 runs, medians
 	scripts/tail-latency.sh
+
+sim: ## one deterministic simulated run: make sim SEED=n [STEPS=2000] [ARGS='--print-history' | '--broken drops-write' | '--backend sqlite']
+	$(CARGO) run -q -p triggers-sim -- run --seed $(SEED) --steps $(STEPS) $(ARGS)
+
+sim-long: ## random seeds for DURATION (release build): seeds/s, operations/s, every failing seed
+	$(CARGO) run -q --release -p triggers-sim -- long --duration $(DURATION) --steps $(STEPS)
 
 dynamodb-local: ## start AWS DynamoDB Local on a free port; prints the endpoint
 	scripts/dynamodb-local.sh install

@@ -38,6 +38,7 @@ fn event(account: &AccountId, n: u64) -> (NewEvent, Dedup) {
         Dedup {
             fingerprint: fp,
             window: Duration::from_secs(300),
+            margin: Duration::ZERO,
         },
     )
 }

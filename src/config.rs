@@ -464,6 +464,14 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// How long a dedup record is kept past the window ([`crate::store::Dedup`]):
+    /// the request's time budget plus one store call's, so that a repeat
+    /// stamped just inside the window whose insert reaches the store as late
+    /// as its budgets allow still finds the original (35 s by default).
+    pub fn dedup_margin(&self) -> Duration {
+        self.request_timeout.saturating_add(self.store_timeout)
+    }
+
     pub fn new(store: &StoreArgs, a: &ServeArgs) -> Self {
         let d = Self::default();
         let concurrency = a

@@ -46,19 +46,21 @@ impl AppState {
         account: &AccountId,
         req: CreateEvent,
     ) -> Result<Ingested, StoreError> {
+        let now = self.clock.now();
         let event = NewEvent {
-            event_id: EventId::new_v7(),
+            event_id: self.event_ids.next_id(now),
             account: account.clone(),
             event_type: req.event_type,
             payload: req.payload,
             source: req.source,
             metadata: req.metadata,
-            timestamp: trunc_ms(self.clock.now()),
+            timestamp: trunc_ms(now),
         };
         let (event_id, timestamp) = (event.event_id, event.timestamp);
         let dedup = Dedup {
             fingerprint: req.fingerprint,
             window: self.settings.dedup_window,
+            margin: self.settings.dedup_margin(),
         };
         match self.store.insert_event(event, dedup).await? {
             Inserted::Created => {
@@ -98,12 +100,13 @@ impl AppState {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
-        let timestamp = trunc_ms(self.clock.now());
+        let now = self.clock.now();
+        let timestamp = trunc_ms(now);
         let inserts: Vec<Insert> = reqs
             .into_iter()
             .map(|req| Insert {
                 event: NewEvent {
-                    event_id: EventId::new_v7(),
+                    event_id: self.event_ids.next_id(now),
                     account: account.clone(),
                     event_type: req.event_type,
                     payload: req.payload,
@@ -114,6 +117,7 @@ impl AppState {
                 dedup: Dedup {
                     fingerprint: req.fingerprint,
                     window: self.settings.dedup_window,
+                    margin: self.settings.dedup_margin(),
                 },
             })
             .collect();
@@ -194,12 +198,16 @@ impl AppState {
     }
 
     /// One purge pass: delivered events past retention, dedup records past
-    /// the window, idempotency records past their expiry.
+    /// the window and its margin (a repeat received inside the window may
+    /// still be on its way to the store when the window ends), idempotency
+    /// records past their expiry.
     pub async fn purge_once(&self) -> Result<u64, StoreError> {
         let now = self.clock.now();
-        let dedup_cutoff = now
-            - chrono::Duration::from_std(self.settings.dedup_window)
-                .unwrap_or(chrono::Duration::MAX);
+        let keep = self
+            .settings
+            .dedup_window
+            .saturating_add(self.settings.dedup_margin());
+        let dedup_cutoff = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
         self.store
             .purge(self.delivered_cutoff(now), dedup_cutoff, now)
             .await
@@ -213,6 +221,7 @@ impl AppState {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                biased;
                 _ = &mut shutdown => break,
                 _ = tick.tick() => match self.purge_once().await {
                     Ok(0) => {}

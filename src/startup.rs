@@ -8,21 +8,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::Listener;
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Settings, StoreArgs, StoreUrl};
-use crate::http::{app, serve_with};
-use crate::state::AppState;
+use crate::http::{app, serve_with, TcpAcceptor};
+use crate::state::{AppState, Providers};
 use crate::store::dynamodb::{DynamoConfig, DynamoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::timed::Timed;
 use crate::store::{Store, StoreError};
 
-/// A service ready to run: its state and its listener.
-pub struct Application {
+/// A service ready to run: its state and its listener (a TCP listener,
+/// or any [`Listener`] with socket addresses: the simulator's in-memory one).
+pub struct Application<L = TcpAcceptor> {
     state: AppState,
-    listener: TcpListener,
+    listener: L,
 }
 
 impl Application {
@@ -34,7 +36,28 @@ impl Application {
         settings: Settings,
         listener: TcpListener,
     ) -> Result<Self, StoreError> {
-        let state = AppState::new(store, clock, settings).await?;
+        Self::build_on(
+            store,
+            clock,
+            settings,
+            Providers::default(),
+            TcpAcceptor::new(listener),
+        )
+        .await
+    }
+}
+
+impl<L: Listener<Addr = SocketAddr>> Application<L> {
+    /// [`Application::build`] on any listener, with `providers` (event ids,
+    /// where bcrypt runs) instead of production's.
+    pub async fn build_on(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        providers: Providers,
+        listener: L,
+    ) -> Result<Self, StoreError> {
+        let state = AppState::with_providers(store, clock, settings, providers).await?;
         Ok(Self { state, listener })
     }
 

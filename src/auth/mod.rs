@@ -10,4 +10,7 @@ pub mod key;
 mod verify;
 
 pub use budget::ClientNet;
-pub use verify::{AuthConfig, AuthError, AuthMetrics, Authenticator, Caller, SecretCheck};
+pub use verify::{
+    on_blocking_pool, AuthConfig, AuthError, AuthMetrics, Authenticator, Caller, CheckJob,
+    CheckRunner, SecretCheck,
+};

@@ -146,6 +146,7 @@ pub struct Authenticator {
     metrics: AuthMetrics,
     high_water: Arc<AtomicU64>,
     check: SecretCheck,
+    runner: CheckRunner,
 }
 
 /// Checks a secret against a stored hash: `bcrypt::verify`, replaceable for
@@ -154,6 +155,24 @@ pub type SecretCheck = fn(&str, &str) -> Result<bool, bcrypt::BcryptError>;
 
 fn bcrypt_check(secret: &str, hash: &str) -> Result<bool, bcrypt::BcryptError> {
     bcrypt::verify(secret, hash)
+}
+
+/// One secret check, ready to run; it owns the verifier permits it holds.
+pub type CheckJob = Box<dyn FnOnce() -> Result<bool, bcrypt::BcryptError> + Send + 'static>;
+
+/// Where a secret check runs: [`on_blocking_pool`] in production, so bcrypt
+/// never holds up a runtime worker. Injectable like the clock: a
+/// deterministic run (the simulator: one thread, paused time) runs the job
+/// as a task of its own runtime, so no thread outside it decides when a
+/// check finishes. Either way the job owns its permits, released when the
+/// check ends, not when the request that started it goes away.
+pub type CheckRunner = fn(CheckJob) -> tokio::task::JoinHandle<Result<bool, bcrypt::BcryptError>>;
+
+/// The production [`CheckRunner`]: tokio's blocking pool.
+pub fn on_blocking_pool(
+    job: CheckJob,
+) -> tokio::task::JoinHandle<Result<bool, bcrypt::BcryptError>> {
+    tokio::task::spawn_blocking(job)
 }
 
 impl Authenticator {
@@ -191,12 +210,19 @@ impl Authenticator {
             metrics,
             high_water: Arc::new(AtomicU64::new(0)),
             check: bcrypt_check,
+            runner: on_blocking_pool,
         }
     }
 
     /// Replaces the secret check (bcrypt by default).
     pub fn with_secret_check(mut self, check: SecretCheck) -> Self {
         self.check = check;
+        self
+    }
+
+    /// Replaces where secret checks run (the blocking pool by default).
+    pub fn with_check_runner(mut self, runner: CheckRunner) -> Self {
+        self.runner = runner;
         self
     }
 
@@ -356,9 +382,9 @@ impl Authenticator {
         Some([mine, global])
     }
 
-    /// Runs bcrypt on the blocking pool. The permits are held by the task
-    /// itself, so they are released when bcrypt ends, not when the request
-    /// that started it goes away.
+    /// Runs bcrypt through the [`CheckRunner`] (the blocking pool). The
+    /// permits are held by the job itself, so they are released when bcrypt
+    /// ends, not when the request that started it goes away.
     async fn run_bcrypt(
         &self,
         secret: &str,
@@ -370,13 +396,13 @@ impl Authenticator {
         let high_water = self.high_water.clone();
         let check = self.check;
         self.metrics.bcrypt_runs.inc();
-        tokio::task::spawn_blocking(move || {
+        (self.runner)(Box::new(move || {
             let _permits = permits;
             let now = in_flight.inc() + 1;
             let _running = Running(in_flight);
             high_water.fetch_max(u64::try_from(now).unwrap_or(0), Ordering::Relaxed);
             check(&secret, &hash)
-        })
+        }))
         .await
         .map_err(AuthError::Verifier)
     }

@@ -166,6 +166,25 @@ impl fmt::Display for EventId {
     }
 }
 
+/// Where the service takes new event ids from. Production uses
+/// [`SystemEventIds`] (UUIDv7 from the wall clock and the OS random
+/// source); a deterministic run injects its own, as it injects the clock.
+/// Ids must be UUIDv7 and increase in the order they are taken.
+pub trait EventIds: Send + Sync + 'static {
+    /// A new id for an event received at `now` (the injected clock's time).
+    fn next_id(&self, now: DateTime<Utc>) -> EventId;
+}
+
+/// [`EventId::new_v7`]: the wall clock and the OS random source.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemEventIds;
+
+impl EventIds for SystemEventIds {
+    fn next_id(&self, _now: DateTime<Utc>) -> EventId {
+        EventId::new_v7()
+    }
+}
+
 /// The text of a JSON object, exactly as the client sent it (key order,
 /// whitespace, number literals) and exactly as it is sent back.
 #[derive(Debug, Clone)]

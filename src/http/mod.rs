@@ -26,7 +26,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use self::error::ApiError;
-pub use self::serve::{serve_with, ClientAddr, ServeConfig};
+pub use self::serve::{serve_with, ClientAddr, ServeConfig, TcpAcceptor};
 use crate::metrics::ConnMetrics;
 use crate::state::AppState;
 
@@ -65,7 +65,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_with(
-        listener,
+        TcpAcceptor::new(listener),
         app,
         shutdown,
         ServeConfig::default(),

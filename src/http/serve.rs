@@ -15,12 +15,19 @@
 //!   accepted, idle ones close, requests under way may finish within
 //!   `shutdown_grace`; whatever is left then is closed.
 //!
+//! The loop runs on any [`axum::serve::Listener`] whose address is a
+//! `SocketAddr`: [`TcpAcceptor`] in production (a TCP listener with this
+//! loop's accept-error handling and `TCP_NODELAY`), an in-memory listener in
+//! the simulator. Where two events are ready at once, the loop takes them in
+//! a fixed order (`biased` selects), so a run on a simulated runtime replays
+//! exactly.
+//!
 //! Requests carry the peer address ([`ClientAddr`]) for the auth budgets.
 //! Connection-level events (timeouts, evictions, refusals, malformed
 //! requests hyper answers itself) are logged and counted in
 //! `triggers_http_connections_closed_total{reason}`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -32,6 +39,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
+use axum::serve::Listener;
 use axum::Router;
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -143,12 +151,12 @@ impl Drop for InFlight {
 }
 
 /// The socket, noting when request bytes arrive.
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     conn: Arc<Conn>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -163,7 +171,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -223,14 +231,15 @@ impl http_body::Body for ReadToEnd {
     }
 }
 
-/// The open connections, to pick one to close at the cap.
+/// The open connections, to pick one to close at the cap. Ordered by id, so
+/// among equally idle connections the oldest goes first.
 #[derive(Default)]
 struct Registry {
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -287,15 +296,66 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     )
 }
 
+/// A TCP listener as the server loop takes it: transient accept errors are
+/// skipped; others (e.g. out of file descriptors) back off 20 ms and are
+/// logged at most once a second; accepted sockets get `TCP_NODELAY`.
+pub struct TcpAcceptor {
+    listener: TcpListener,
+    last_error: Option<Instant>,
+}
+
+impl TcpAcceptor {
+    pub fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            last_error: None,
+        }
+    }
+}
+
+impl Listener for TcpAcceptor {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, peer);
+                }
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    if self
+                        .last_error
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        tracing::warn!(error = %e, "accept failed");
+                        self.last_error = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
 /// Serves `app` on `listener` with `cfg`'s limits until `shutdown`
 /// resolves, then drains (see the module docs).
-pub async fn serve_with(
-    listener: TcpListener,
+pub async fn serve_with<L>(
+    mut listener: L,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     cfg: ServeConfig,
     metrics: ConnMetrics,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
     let cap = cfg.connection_cap();
     let cfg = Arc::new(cfg);
     let registry = Arc::new(Registry::default());
@@ -303,34 +363,19 @@ pub async fn serve_with(
     let base = Instant::now();
     let mut tasks = JoinSet::new();
     let mut next_id = 0u64;
-    let mut last_accept_error: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            biased;
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) if is_transient_accept_error(&e) => continue,
-                    Err(e) => {
-                        // E.g. out of file descriptors: back off, log at most
-                        // once a second.
-                        if last_accept_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                            tracing::warn!(error = %e, "accept failed");
-                            last_accept_error = Some(Instant::now());
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = listener.accept() => {
                 if registry.len() >= cap && !registry.evict_one() {
                     metrics.closed(CloseReason::Refused);
                     tracing::debug!(%peer, "connection refused: every connection is busy");
                     drop(stream);
                     continue;
                 }
-                let _ = stream.set_nodelay(true);
                 next_id += 1;
                 let conn = Arc::new(Conn::new(base));
                 registry.lock().insert(next_id, conn.clone());
@@ -373,8 +418,8 @@ pub async fn serve_with(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_connection(
-    stream: TcpStream,
+async fn run_connection<S>(
+    stream: S,
     peer: SocketAddr,
     conn: Arc<Conn>,
     _registered: Registered,
@@ -382,7 +427,9 @@ async fn run_connection(
     cfg: Arc<ServeConfig>,
     mut stop: watch::Receiver<bool>,
     metrics: ConnMetrics,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     metrics.opened();
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -434,6 +481,7 @@ async fn run_connection(
         let wake =
             deadline.map_or_else(|| Instant::now() + Duration::from_millis(250), |(at, _)| at);
         tokio::select! {
+            biased;
             res = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break match res {
                 Ok(()) => {
                     linger = !draining;
@@ -490,7 +538,10 @@ const LINGER_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// Closing at once instead would make the kernel answer those bytes with a
 /// reset, and a client still writing its body would see "connection reset"
 /// instead of the problem body already sent to it.
-async fn lingering_close(mut io: Tracked) {
+async fn lingering_close<S>(mut io: Tracked<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if io.shutdown().await.is_err() {
         return;

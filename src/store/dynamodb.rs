@@ -515,7 +515,12 @@ impl DynamoStore {
         // An earlier event with this fingerprint and `ts > cutoff` makes this
         // one a duplicate: judged by the stored timestamp, not by TTL.
         let cutoff = ts.saturating_sub(window);
-        let expires = from_millis_saturating(ts.saturating_add(window));
+        // TTL only cleans up, past the window and its margin: a repeat
+        // stamped inside the window may arrive up to the margin later.
+        let expires = from_millis_saturating(
+            ts.saturating_add(window)
+                .saturating_add(millis(dedup.margin)),
+        );
         let dedup_item = item::dedup_item(e, &dedup.fingerprint, &expires);
         let items = item::event_items(e);
         let bytes = item::item_size(&dedup_item)

@@ -12,6 +12,7 @@ use crate::domain::{
 };
 
 pub mod dynamodb;
+pub mod memory;
 pub mod sqlite;
 pub mod timed;
 
@@ -68,10 +69,18 @@ pub use crate::domain::fingerprint::Fingerprint;
 /// How to deduplicate an insert: an earlier event of the same account with
 /// the same fingerprint whose `timestamp + window > new.timestamp` makes the
 /// new one a duplicate. Judged by timestamps, never by TTL deletion.
+///
+/// The record must outlive the window by `margin`: a repeat stamped just
+/// inside the window may reach the store up to the request's time budget
+/// later, and must still find the original. A store that deletes records
+/// by TTL expires them at `timestamp + window + margin`; the service's
+/// purge cutoff keeps them as long ([`Store::purge`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Dedup {
     pub fingerprint: Fingerprint,
     pub window: Duration,
+    /// How long past the window the record is kept (never used to decide).
+    pub margin: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,7 +286,7 @@ pub enum KeyChange {
 /// unknown.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// "sqlite" or "dynamodb".
+    /// "sqlite", "dynamodb" or "memory".
     fn backend(&self) -> &'static str;
 
     /// A cheap round trip proving the store answers.
@@ -420,7 +429,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes delivered events with `delivered_at <= delivered_cutoff`,
     /// lease records with `leased_until <= delivered_cutoff`, dedup
-    /// records older than `dedup_cutoff` (they can no longer match) and
+    /// records stamped at or before `dedup_cutoff` (the service passes
+    /// `now - window - margin`, see [`Dedup`]: by then no request that
+    /// could still match them can be under way) and
     /// idempotency records whose expiry is at or before
     /// `idempotency_cutoff` (the present: claims already treat them as
     /// absent); returns how many events went. A backend whose TTL does this

@@ -576,6 +576,7 @@ async fn eight_concurrent_pages_of_huge_events_stay_under_300_mib() {
                 let dedup = Dedup {
                     fingerprint: Fingerprint(fp),
                     window: Duration::from_secs(300),
+                    margin: Duration::ZERO,
                 };
                 writer.insert_event(event, dedup).await.unwrap();
             }));

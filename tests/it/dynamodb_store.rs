@@ -24,6 +24,8 @@ use triggers_api::store::{
 };
 
 const WINDOW: Duration = Duration::from_secs(300);
+/// The request/store budget the service keeps dedup records past the window.
+const MARGIN: Duration = Duration::from_secs(35);
 const RETENTION: TimeDelta = TimeDelta::days(30);
 
 /// The shared resolver: the endpoint variable, else testcontainers, else a
@@ -93,6 +95,7 @@ fn unique_dedup() -> Dedup {
     Dedup {
         fingerprint: fp(&uuid::Uuid::new_v4().to_string()),
         window: WINDOW,
+        margin: MARGIN,
     }
 }
 
@@ -332,6 +335,51 @@ async fn oversize_metadata_is_kept_in_parts_and_acked_whole() {
     }
 }
 
+/// The dedup record's TTL is its timestamp + the window + the margin (a
+/// repeat stamped inside the window may reach the store up to the margin
+/// later), never just the window.
+#[tokio::test]
+async fn the_dedup_record_expires_after_the_window_and_its_margin() {
+    let store = fresh().await;
+    let acct = account("acct-dedup-ttl");
+    let dedup = Dedup {
+        fingerprint: fp("ttl"),
+        window: WINDOW,
+        margin: MARGIN,
+    };
+    let e = new_event(&acct, "t", r#"{"a":1}"#);
+    assert_eq!(
+        store.insert_event(e.clone(), dedup).await.expect("insert"),
+        Inserted::Created
+    );
+    let raw = raw_client().await;
+    let (events_table, _) = store.table_names();
+    let item = raw
+        .get_item()
+        .table_name(events_table)
+        .key(
+            "pk",
+            AttributeValue::S(format!("DD#{acct}#{}", dedup.fingerprint.to_hex())),
+        )
+        .key("sk", AttributeValue::S("D".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("raw get")
+        .item
+        .expect("the dedup record");
+    let ttl: i64 = item
+        .get("ttl")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+        .expect("a numeric ttl attribute");
+    let want = (e.timestamp + TimeDelta::from_std(WINDOW + MARGIN).unwrap()).timestamp_millis();
+    assert!(
+        ttl * 1000 >= want && ttl * 1000 < want + 1000,
+        "ttl {ttl}, want {want} ms"
+    );
+}
+
 #[tokio::test]
 async fn dedup_holds_inside_the_window_and_not_outside() {
     let store = fresh().await;
@@ -339,6 +387,7 @@ async fn dedup_holds_inside_the_window_and_not_outside() {
     let dedup = Dedup {
         fingerprint: fp("same"),
         window: WINDOW,
+        margin: MARGIN,
     };
     let t0 = now();
     let mut first = new_event(&acct, "t", r#"{"a":1}"#);
@@ -429,6 +478,7 @@ async fn concurrent_identical_inserts_create_exactly_one_event() {
     let dedup = Dedup {
         fingerprint: fp("race"),
         window: WINDOW,
+        margin: MARGIN,
     };
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -1473,6 +1523,7 @@ fn batch_insert(acct: &AccountId, tag: &str) -> Insert {
         dedup: Dedup {
             fingerprint: fp(&format!("{acct}/{tag}")),
             window: WINDOW,
+            margin: MARGIN,
         },
     }
 }

@@ -10,6 +10,7 @@
 mod cli;
 mod client;
 mod conformance;
+mod dedup_edge;
 mod deploy;
 mod dynamodb_store;
 mod fixtures;

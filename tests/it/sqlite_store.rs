@@ -33,6 +33,7 @@ fn event(account: &AccountId, n: usize, bytes: usize) -> (NewEvent, Dedup) {
         Dedup {
             fingerprint,
             window: Duration::from_secs(300),
+            margin: Duration::ZERO,
         },
     )
 }

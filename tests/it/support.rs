@@ -12,6 +12,7 @@ use triggers_api::auth::admin as keys;
 use triggers_api::clock::ManualClock;
 use triggers_api::config::Settings;
 use triggers_api::domain::Role;
+use triggers_api::store::memory::MemoryStore;
 use triggers_api::store::sqlite::SqliteStore;
 use triggers_api::store::Store;
 use triggers_api::{AppState, Application};
@@ -24,6 +25,7 @@ pub const TEST_BCRYPT_COST: u32 = 4;
 pub enum Backend {
     Sqlite,
     Dynamodb,
+    Memory,
 }
 
 /// A store for one test, with whatever it must keep alive.
@@ -37,7 +39,11 @@ pub struct TestStore {
 #[derive(Debug, Clone)]
 pub enum Location {
     Sqlite(std::path::PathBuf),
-    Dynamodb { prefix: String },
+    Dynamodb {
+        prefix: String,
+    },
+    /// A clone of the in-memory store is another handle on its data.
+    Memory(MemoryStore),
     Other,
 }
 
@@ -48,6 +54,7 @@ impl TestStore {
         match &self.location {
             Location::Sqlite(path) => Arc::new(SqliteStore::open(path).expect("reopen sqlite")),
             Location::Dynamodb { prefix } => dynamodb::open(prefix).await,
+            Location::Memory(store) => Arc::new(store.clone()),
             Location::Other => panic!("this store cannot be reopened"),
         }
     }
@@ -63,6 +70,14 @@ pub async fn test_store(backend: Backend) -> TestStore {
                 store: Arc::new(store),
                 _dir: Some(dir),
                 location: Location::Sqlite(path),
+            }
+        }
+        Backend::Memory => {
+            let store = MemoryStore::new();
+            TestStore {
+                store: Arc::new(store.clone()),
+                _dir: None,
+                location: Location::Memory(store),
             }
         }
         Backend::Dynamodb => {

@@ -55,7 +55,7 @@ pub async fn index() -> Json<Index> {
 
 #[derive(Serialize, ToSchema)]
 pub struct StoreStatus {
-    /// "sqlite" or "dynamodb".
+    /// "sqlite", "dynamodb" or "memory".
     pub backend: &'static str,
     /// The store answered a ping just now.
     pub reachable: bool,

@@ -18,6 +18,8 @@ use triggers_api::store::{
     Inserted, KeyChange, LeaseRequest, NewEvent, RequeueOutcome, Settled, Store, StoreError,
 };
 
+use triggers_api::config::Settings;
+
 use crate::support::{test_settings, test_store, Backend, TestApp, TestStore};
 
 /// What event inserts do.
@@ -76,6 +78,11 @@ pub struct Held {
 
 /// A server on a fresh store of `backend` behind a [`Held`] decorator.
 pub async fn held_app(backend: Backend) -> (TestApp, Arc<Hooks>) {
+    held_app_with(backend, test_settings()).await
+}
+
+/// [`held_app`] with `settings`.
+pub async fn held_app_with(backend: Backend, settings: Settings) -> (TestApp, Arc<Hooks>) {
     let base = test_store(backend).await;
     let hooks = Arc::new(Hooks {
         mode: AtomicU8::new(Inserts::Pass as u8),
@@ -90,7 +97,7 @@ pub async fn held_app(backend: Backend) -> (TestApp, Arc<Hooks>) {
         _dir: base._dir,
         location: base.location,
     };
-    (TestApp::start_on(store, test_settings()).await, hooks)
+    (TestApp::start_on(store, settings).await, hooks)
 }
 
 fn lost() -> StoreError {

@@ -1,6 +1,7 @@
 //! The HTTP conformance suite: every rule of docs/api.md, over real HTTP, run
 //! unchanged against each backend. Each case is `async fn(Backend)`; the
-//! `suite!` macro instantiates it as `sqlite::<name>` and `dynamodb::<name>`.
+//! `suite!` macro instantiates it as `sqlite::<name>`, `dynamodb::<name>`
+//! and `memory::<name>` (the in-memory store the simulator runs on).
 //!
 //! `blackbox::*` are the cases of the `triggers-conformance` crate, the ones
 //! `triggers-api conformance` also runs against any deployment (keys given,
@@ -13,7 +14,7 @@ mod auth;
 mod batch;
 mod blackbox;
 mod events;
-mod held;
+pub(crate) mod held;
 mod idempotency;
 mod inbox;
 mod leases;
@@ -35,6 +36,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$module::$name(crate::support::Backend::Dynamodb).await;
+                }
+            )*
+        }
+        pub mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$module::$name(crate::support::Backend::Memory).await;
                 }
             )*
         }

@@ -86,6 +86,13 @@ pub mod dynamodb {
     }
 }
 
+pub mod memory {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_runner_passes_every_black_box_case_against_one_shared_server() {
+        super::every_case_passes_against_one_server(crate::support::Backend::Memory).await;
+    }
+}
+
 /// Serves `router` on a free port; its base URL.
 async fn serve(router: Router) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

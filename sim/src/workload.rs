@@ -1,0 +1,1056 @@
+//! The actors: producers (with careful retries), consumers (walk the inbox
+//! and acknowledge), viewers, adversaries (another account's ids and
+//! cursors, wrong-secret bursts, stalled request heads) and the chaos
+//! schedule (restarts, store faults, partitions, a key revocation). Each
+//! actor is a task with its own seeded random source, so on one thread the
+//! whole run is fixed by the seed.
+//!
+//! **Extension point for leases** (SPEC v2: `POST /inbox/lease|ack|release`):
+//! consumers take events through a [`ConsumerProtocol`]. Today the only one
+//! is [`ConsumerProtocol::WalkAndAck`] (GET /inbox pages, DELETE
+//! /events/{id}). When the lease routes land, add `Lease` there: lease with
+//! [`Action::Lease`] (record the answer as [`Outcome::Leased`]), then ack or
+//! release; the checker's `double-lease` invariant already verifies those
+//! records (no event under two unexpired leases).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use triggers_api::domain::KeyStatus;
+use triggers_api::store::KeyChange;
+
+use crate::client::{Answer, Client, NetFault, Req};
+use crate::faults::Level;
+use crate::history::{Action, ActorInfo, Content, Note, Outcome, Seen};
+use crate::net::client_addr;
+use crate::world::{SimKey, World};
+
+pub const EVENT_TYPES: [&str; 3] = ["order.created", "order.paid", "user.signup"];
+
+/// Pages one walk may take before it is abandoned.
+const MAX_WALK_PAGES: u32 = 2000;
+
+/// FNV-1a: a stable hash of a name, to derive per-actor seeds.
+pub fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An exponentially distributed duration with this mean.
+pub fn exp(rng: &mut ChaCha8Rng, mean: Duration) -> Duration {
+    let u: f64 = rng.random_range(0.0..1.0);
+    mean.mul_f64(-(1.0 - u).ln()).min(mean * 20)
+}
+
+/// One simulated client: a name, an account, a key, a connection, a seed.
+pub struct Actor {
+    pub idx: usize,
+    pub name: String,
+    pub account: String,
+    token: Option<String>,
+    client: Client,
+    pub rng: ChaCha8Rng,
+    requests: u64,
+}
+
+impl Actor {
+    pub fn new(
+        w: &World,
+        name: &str,
+        account: &str,
+        key: Option<&SimKey>,
+        net: u8,
+        host: u8,
+    ) -> Self {
+        let idx = w.rec.actor(ActorInfo {
+            name: name.to_owned(),
+            account: account.to_owned(),
+            key: key.map_or_else(|| "-".to_owned(), |k| k.label.clone()),
+        });
+        Self {
+            idx,
+            name: name.to_owned(),
+            account: account.to_owned(),
+            token: key.map(|k| k.token.clone()),
+            client: Client::new(
+                w.net.clone(),
+                client_addr(net, host),
+                w.params.profile.client_timeout,
+            ),
+            rng: ChaCha8Rng::seed_from_u64(w.seed ^ stable_hash(name)),
+            requests: 0,
+        }
+    }
+
+    /// Waits a think time with this mean (bursty: mostly short, sometimes
+    /// long); `false` once the workload is over.
+    pub async fn think(&mut self, w: &World, mean: Duration) -> bool {
+        let m = if self.rng.random_bool(0.8) {
+            mean.mul_f64(0.2)
+        } else {
+            mean.mul_f64(4.2)
+        };
+        let d = exp(&mut self.rng, m);
+        w.pause(d).await
+    }
+
+    async fn backoff(&mut self, w: &World, attempt: u32, retry_after: Option<u64>) {
+        let base = w.params.profile.backoff;
+        let d = match retry_after {
+            // Retry-After is in seconds; a real-time run scales it down.
+            Some(s) if w.deterministic => Duration::from_secs(s),
+            Some(s) => base * u32::try_from(s).unwrap_or(1),
+            None => base * 2u32.pow(attempt.min(4)),
+        };
+        let jitter = base.mul_f64(self.rng.random_range(0.0..1.0));
+        tokio::time::sleep(d + jitter).await;
+    }
+
+    fn net_fault(&mut self, w: &World) -> NetFault {
+        if w.is_quiesced() {
+            return NetFault::None;
+        }
+        let r = w.params.net;
+        let roll = self.rng.random_range(0..1000u32);
+        let max_delay = u64::try_from(w.params.profile.max_net_delay.as_millis()).unwrap_or(1);
+        if roll < r.drop_request {
+            NetFault::DropRequest
+        } else if roll < r.drop_request + r.delay {
+            NetFault::Delay(Duration::from_millis(self.rng.random_range(1..=max_delay)))
+        } else if roll < r.drop_request + r.delay + r.cancel {
+            NetFault::CancelAfter(Duration::from_millis(self.rng.random_range(0..=max_delay)))
+        } else if roll < r.drop_request + r.delay + r.cancel + r.drop_response {
+            NetFault::DropResponse
+        } else {
+            NetFault::None
+        }
+    }
+
+    /// One request: recorded as invoked, sent through a network fault drawn
+    /// for it, recorded with what came back.
+    pub async fn request(
+        &mut self,
+        w: &World,
+        action: Action,
+        req: Req,
+        authed: bool,
+    ) -> (Outcome, Option<u64>) {
+        self.requests += 1;
+        let mut req = req.header("x-request-id", format!("{}-{}", self.name, self.requests));
+        if authed {
+            if let Some(t) = &self.token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+        }
+        let fault = self.net_fault(w);
+        let call = w.rec.invoke(self.idx, action.clone());
+        let answer = self.client.send(&req, fault).await;
+        let (outcome, retry_after) = interpret(&action, answer);
+        w.rec.complete(call, outcome.clone());
+        (outcome, retry_after)
+    }
+
+    /// Whether to try again after `outcome` (and after how long).
+    fn retryable(outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Status { status, .. } => *status == 429 || *status >= 500,
+            Outcome::NotSent(_) | Outcome::Unknown(_) => true,
+            _ => false,
+        }
+    }
+
+    /// POST /events with a careful client's retries: the same body again
+    /// after a 5xx, a 429 or no answer (dedup makes that safe). The id
+    /// answered, if any.
+    pub async fn post(&mut self, w: &World, content: Content) -> Option<String> {
+        let send = w.next_send();
+        w.board().add_content(&content);
+        let body = body_text(&content);
+        for attempt in 1..=w.params.max_attempts {
+            let action = Action::Post {
+                send,
+                attempt,
+                content: content.clone(),
+                valid: true,
+            };
+            let req = Req::new(Method::POST, "/events").json(body.clone());
+            let (outcome, retry_after) = self.request(w, action, req, true).await;
+            match &outcome {
+                Outcome::Posted { event_id, .. } => {
+                    w.board().add_id(&self.account, event_id);
+                    return Some(event_id.clone());
+                }
+                o if Self::retryable(o) => self.backoff(w, attempt, retry_after).await,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// One inbox page, no retry (a probe).
+    pub async fn inbox_page(&mut self, w: &World) {
+        let action = Action::Page {
+            walk: w.next_walk(),
+            page: 0,
+            limit: 1,
+            event_type: None,
+            cursor: None,
+            final_walk: false,
+        };
+        self.request(w, action, Req::new(Method::GET, "/inbox?limit=1"), true)
+            .await;
+    }
+
+    pub async fn get(&mut self, w: &World, id: &str) {
+        for attempt in 1..=3 {
+            let (o, ra) = self
+                .request(
+                    w,
+                    Action::Get { id: id.to_owned() },
+                    Req::new(Method::GET, format!("/events/{id}")),
+                    true,
+                )
+                .await;
+            if !Self::retryable(&o) {
+                return;
+            }
+            self.backoff(w, attempt, ra).await;
+        }
+    }
+
+    pub async fn ack(&mut self, w: &World, id: &str) {
+        for attempt in 1..=w.params.max_attempts {
+            let (o, ra) = self
+                .request(
+                    w,
+                    Action::Ack { id: id.to_owned() },
+                    Req::new(Method::DELETE, format!("/events/{id}")),
+                    true,
+                )
+                .await;
+            if !Self::retryable(&o) {
+                return;
+            }
+            self.backoff(w, attempt, ra).await;
+        }
+    }
+
+    /// Walks the inbox from the start until `has_more` is false, retrying a
+    /// failed page with the same cursor. Acknowledges events it sees with
+    /// probability `ack_now` at once (during the walk) and `ack_later`
+    /// after it. The ids seen and whether the walk completed.
+    pub async fn walk(
+        &mut self,
+        w: &World,
+        limit: u32,
+        event_type: Option<&str>,
+        final_walk: bool,
+        ack_now: f64,
+        ack_later: f64,
+    ) -> (Vec<String>, bool) {
+        let walk = w.next_walk();
+        let mut cursor: Option<String> = None;
+        let mut seen = Vec::new();
+        let mut later = Vec::new();
+        let max_attempts = if final_walk {
+            50
+        } else {
+            w.params.max_attempts
+        };
+        for page in 0u32.. {
+            // A walk that never ends (a broken store can loop) or outlives
+            // the workload is abandoned, incomplete.
+            if page >= MAX_WALK_PAGES || (!final_walk && w.over()) {
+                return (seen, false);
+            }
+            let mut target = format!("/inbox?limit={limit}");
+            if let Some(t) = event_type {
+                target.push_str(&format!("&event_type={t}"));
+            }
+            if let Some(c) = &cursor {
+                target.push_str(&format!("&cursor={c}"));
+            }
+            let mut got = None;
+            for attempt in 1..=max_attempts {
+                let action = Action::Page {
+                    walk,
+                    page,
+                    limit,
+                    event_type: event_type.map(str::to_owned),
+                    cursor: cursor.clone(),
+                    final_walk,
+                };
+                let (o, ra) = self
+                    .request(w, action, Req::new(Method::GET, target.clone()), true)
+                    .await;
+                match o {
+                    Outcome::Page {
+                        events,
+                        has_more,
+                        next_cursor,
+                    } => {
+                        got = Some((events, has_more, next_cursor));
+                        break;
+                    }
+                    o if Self::retryable(&o) => self.backoff(w, attempt, ra).await,
+                    _ => break,
+                }
+            }
+            let Some((events, has_more, next)) = got else {
+                return (seen, false);
+            };
+            {
+                let mut b = w.board();
+                for e in &events {
+                    b.add_id(&self.account, &e.id);
+                }
+                if let Some(c) = &next {
+                    b.cursors.insert(self.account.clone(), c.clone());
+                }
+            }
+            for e in events {
+                if self.rng.random_bool(ack_now) {
+                    self.ack(w, &e.id).await;
+                } else if self.rng.random_bool(ack_later) {
+                    later.push(e.id.clone());
+                }
+                seen.push(e.id);
+            }
+            match (has_more, next) {
+                (false, _) => break,
+                (true, Some(c)) => cursor = Some(c),
+                (true, None) => return (seen, false),
+            }
+        }
+        for id in later {
+            self.ack(w, &id).await;
+        }
+        (seen, true)
+    }
+
+    fn new_content(&mut self, n: u64, huge: bool) -> Content {
+        let event_type = EVENT_TYPES[self.rng.random_range(0..EVENT_TYPES.len())];
+        let amount = self.rng.random_range(0..100_000u32);
+        let mut payload = format!(
+            r#"{{"acct":"{}","from":"{}","n":{n},"amount":{}.{:02},"ok":{},"nested":{{"x":null,"y":[1,2.50,-3e2],"é":"ü"}}"#,
+            self.account,
+            self.name,
+            amount / 100,
+            amount % 100,
+            self.rng.random_bool(0.5),
+        );
+        if huge {
+            let len = self.rng.random_range(100_000..=250_000usize);
+            let blob: String = (0..len)
+                .map(|_| char::from(b'a' + self.rng.random_range(0..26u8)))
+                .collect();
+            payload.push_str(&format!(r#","blob":"{blob}""#));
+        }
+        payload.push('}');
+        let source = match self.rng.random_range(0..10) {
+            0..=5 => Some("shop".to_owned()),
+            6 | 7 => Some("crm".to_owned()),
+            8 => Some(String::new()),
+            _ => None,
+        };
+        let metadata = self
+            .rng
+            .random_bool(0.5)
+            .then(|| format!(r#"{{"trace":"{}-{n}"}}"#, self.name));
+        Content {
+            account: self.account.clone(),
+            event_type: event_type.to_owned(),
+            payload,
+            source,
+            metadata,
+        }
+    }
+
+    /// A request the API must refuse, with the status it must refuse with.
+    async fn refusable(&mut self, w: &World) {
+        let tag = self.rng.next_u64();
+        let acct = self.account.clone();
+        let own_cursor = w.board().cursors.get(&acct).cloned();
+        let (what, expect, req, authed): (&'static str, u16, Req, bool) = match self
+            .rng
+            .random_range(0..11)
+        {
+            0 => (
+                "missing event_type",
+                400,
+                Req::new(Method::POST, "/events")
+                    .json(format!(r#"{{"payload":{{"acct":"{acct}","t":{tag}}}}}"#)),
+                true,
+            ),
+            1 => (
+                "payload not an object",
+                400,
+                Req::new(Method::POST, "/events")
+                    .json(format!(r#"{{"event_type":"x","payload":[{tag}]}}"#)),
+                true,
+            ),
+            2 => (
+                "unknown field",
+                400,
+                Req::new(Method::POST, "/events").json(format!(
+                    r#"{{"event_type":"x","payload":{{"acct":"{acct}","t":{tag}}},"extra":true}}"#
+                )),
+                true,
+            ),
+            3 => (
+                "control character in event_type",
+                400,
+                Req::new(Method::POST, "/events").json(format!(
+                    r#"{{"event_type":"a\u0007b","payload":{{"acct":"{acct}","t":{tag}}}}}"#
+                )),
+                true,
+            ),
+            4 => (
+                "malformed JSON",
+                400,
+                Req::new(Method::POST, "/events")
+                    .json(format!(r#"{{"event_type":"x","payload":{{"t":{tag}"#)),
+                true,
+            ),
+            5 => {
+                let mut r = Req::new(Method::POST, "/events");
+                r.body = Some(
+                    format!(r#"{{"event_type":"x","payload":{{"acct":"{acct}","t":{tag}}}}}"#)
+                        .into(),
+                );
+                (
+                    "wrong content type",
+                    415,
+                    r.header("content-type", "text/plain"),
+                    true,
+                )
+            }
+            6 => (
+                "payload over 256 KiB",
+                413,
+                Req::new(Method::POST, "/events").json(format!(
+                    r#"{{"event_type":"x","payload":{{"acct":"{acct}","blob":"{}"}}}}"#,
+                    "z".repeat(270_000)
+                )),
+                true,
+            ),
+            7 => (
+                "no key",
+                401,
+                Req::new(Method::POST, "/events").json(format!(
+                    r#"{{"event_type":"x","payload":{{"acct":"{acct}","t":{tag}}}}}"#
+                )),
+                false,
+            ),
+            8 => (
+                "not an event id",
+                404,
+                Req::new(Method::GET, format!("/events/not-an-id-{tag}")),
+                true,
+            ),
+            9 => (
+                "limit out of range",
+                400,
+                Req::new(Method::GET, "/inbox?limit=0"),
+                true,
+            ),
+            _ => {
+                let tampered = match own_cursor {
+                    Some(c) if c.len() > 4 => {
+                        let mut b = c.into_bytes();
+                        let i = b.len() / 2;
+                        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+                        String::from_utf8(b).unwrap_or_default()
+                    }
+                    _ => "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+                };
+                (
+                    "tampered cursor",
+                    400,
+                    Req::new(Method::GET, format!("/inbox?cursor={tampered}")),
+                    true,
+                )
+            }
+        };
+        let target = format!("{} {}", req.method, short_target(&req.target));
+        let action = Action::Refusable {
+            what,
+            expect,
+            target,
+        };
+        self.request(w, action, req, authed).await;
+    }
+}
+
+fn short_target(t: &str) -> String {
+    if t.len() > 80 {
+        format!("{}…", &t[..80])
+    } else {
+        t.to_owned()
+    }
+}
+
+/// The POST body of `c`, with its payload and metadata text as they are.
+pub fn body_text(c: &Content) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut s = format!(
+        r#"{{"event_type":{},"payload":{}"#,
+        q(&c.event_type),
+        c.payload
+    );
+    if let Some(src) = &c.source {
+        s.push_str(&format!(r#","source":{}"#, q(src)));
+    }
+    if let Some(m) = &c.metadata {
+        s.push_str(&format!(r#","metadata":{m}"#));
+    }
+    s.push('}');
+    s
+}
+
+#[derive(Deserialize)]
+struct PostedDto {
+    event_id: String,
+    timestamp: String,
+    duplicate: bool,
+}
+
+#[derive(Deserialize)]
+struct EventDto<'a> {
+    event_id: String,
+    event_type: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    source: Option<String>,
+    #[serde(borrow)]
+    metadata: &'a RawValue,
+    timestamp: String,
+    delivered: bool,
+}
+
+#[derive(Deserialize)]
+struct PaginationDto {
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct PageDto<'a> {
+    #[serde(borrow)]
+    events: Vec<EventDto<'a>>,
+    pagination: PaginationDto,
+}
+
+#[derive(Deserialize)]
+struct StatusDto {
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct ProblemDto {
+    code: Option<String>,
+}
+
+fn ts_ms(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+fn seen(e: &EventDto<'_>) -> Option<Seen> {
+    let payload = e.payload.get().to_owned();
+    let metadata = e.metadata.get().to_owned();
+    let approx_bytes = 200
+        + payload.len()
+        + metadata.len()
+        + e.event_type.len()
+        + e.source.as_ref().map_or(0, String::len);
+    Some(Seen {
+        id: e.event_id.clone(),
+        ts_ms: ts_ms(&e.timestamp)?,
+        event_type: e.event_type.clone(),
+        payload,
+        source: e.source.clone(),
+        metadata,
+        delivered: e.delivered,
+        approx_bytes,
+    })
+}
+
+/// What an answer means for this action.
+pub fn interpret(action: &Action, answer: Answer) -> (Outcome, Option<u64>) {
+    let (status, retry_after, body) = match answer {
+        Answer::NotSent(why) => return (Outcome::NotSent(why), None),
+        Answer::Unknown(why) => return (Outcome::Unknown(why), None),
+        Answer::Http {
+            status,
+            retry_after,
+            body,
+        } => (status, retry_after, body),
+    };
+    let parsed =
+        match (action, status) {
+            (Action::Post { .. }, 200 | 201) => serde_json::from_slice::<PostedDto>(&body)
+                .ok()
+                .and_then(|p| {
+                    Some(Outcome::Posted {
+                        status,
+                        ts_ms: ts_ms(&p.timestamp)?,
+                        event_id: p.event_id,
+                        duplicate: p.duplicate,
+                    })
+                }),
+            (Action::Page { .. }, 200) => serde_json::from_slice::<PageDto<'_>>(&body)
+                .ok()
+                .and_then(|p| {
+                    Some(Outcome::Page {
+                        events: p.events.iter().map(seen).collect::<Option<Vec<_>>>()?,
+                        has_more: p.pagination.has_more,
+                        next_cursor: p.pagination.next_cursor,
+                    })
+                }),
+            (Action::Get { .. }, 200) => serde_json::from_slice::<EventDto<'_>>(&body)
+                .ok()
+                .and_then(|e| seen(&e))
+                .map(Outcome::Event),
+            (Action::Ack { .. }, 204) => Some(Outcome::Acked),
+            (Action::Status, 200 | 503) => {
+                serde_json::from_slice::<StatusDto>(&body)
+                    .ok()
+                    .map(|s| Outcome::Status {
+                        status,
+                        code: s.status,
+                    })
+            }
+            _ => None,
+        };
+    let outcome = parsed.unwrap_or_else(|| Outcome::Status {
+        status,
+        code: serde_json::from_slice::<ProblemDto>(&body)
+            .ok()
+            .and_then(|p| p.code)
+            .unwrap_or_else(|| {
+                if status < 300 {
+                    "UNPARSABLE_ANSWER".to_owned()
+                } else {
+                    String::new()
+                }
+            }),
+    });
+    (outcome, retry_after)
+}
+
+/// How a consumer takes events from its inbox (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerProtocol {
+    /// GET /inbox pages, DELETE /events/{id}.
+    WalkAndAck,
+}
+
+pub async fn producer(mut a: Actor, w: Arc<World>, pace: Duration, huge: bool) {
+    let mut n = 0u64;
+    while a.think(&w, pace).await {
+        let roll = a.rng.random_range(0..100);
+        if roll < 7 {
+            a.refusable(&w).await;
+            continue;
+        }
+        if roll < 20 {
+            let recent = {
+                let b = w.board();
+                b.contents.get(&a.account).and_then(|cs| {
+                    let tail = cs.len().min(8);
+                    (tail > 0).then(|| cs[cs.len() - 1 - a.rng.random_range(0..tail)].clone())
+                })
+            };
+            if let Some(c) = recent {
+                a.post(&w, c).await;
+                continue;
+            }
+        }
+        n += 1;
+        let big = huge && a.rng.random_bool(0.5);
+        let content = a.new_content(n, big);
+        if let Some(id) = a.post(&w, content.clone()).await {
+            if a.rng.random_bool(0.25) {
+                a.get(&w, &id).await;
+            }
+            // A careless client sends the same event again a little later,
+            // within the dedup window: it must get the original back.
+            // Sometimes just before the window closes, where a slow store
+            // call can straddle its end.
+            let window = w.params.settings.dedup_window;
+            let roll = a.rng.random_range(0..100);
+            let edge = (15..=24).contains(&roll);
+            let later = match roll {
+                0..=14 => Some(window.mul_f64(a.rng.random_range(0.0..0.9))),
+                15..=24 => {
+                    // Log-uniform from 1 ms: as likely a millisecond
+                    // before the end as a second.
+                    let max = (w.params.profile.max_store_latency * 2).as_secs_f64();
+                    let slack = a.rng.random_range(0.001f64.ln()..max.max(0.002).ln()).exp();
+                    Some(window.saturating_sub(Duration::from_secs_f64(slack)))
+                }
+                _ => None,
+            };
+            if let Some(later) = later {
+                if w.pause(later).await {
+                    a.post(&w, content.clone()).await;
+                }
+                // At the edge, an impatient client tries a few more times.
+                if edge {
+                    for _ in 0..a.rng.random_range(0..4) {
+                        let gap = Duration::from_millis(a.rng.random_range(0..300));
+                        if !w.pause(gap).await {
+                            break;
+                        }
+                        a.post(&w, content.clone()).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn consumer(mut a: Actor, w: Arc<World>, pace: Duration, protocol: ConsumerProtocol) {
+    let (ack_now, ack_later) = (a.rng.random_range(0.2..0.7), a.rng.random_range(0.3..0.9));
+    while a.think(&w, pace).await {
+        match protocol {
+            ConsumerProtocol::WalkAndAck => {
+                let event_type = a
+                    .rng
+                    .random_bool(0.15)
+                    .then(|| EVENT_TYPES[a.rng.random_range(0..EVENT_TYPES.len())]);
+                let limit = [1, 3, 10, 50, 200][a.rng.random_range(0..5)];
+                a.walk(&w, limit, event_type, false, ack_now, ack_later)
+                    .await;
+            }
+        }
+    }
+}
+
+/// A read-only key: walks, reads events, and is refused writes.
+pub async fn viewer(mut a: Actor, w: Arc<World>, pace: Duration) {
+    while a.think(&w, pace).await {
+        let known = {
+            let b = w.board();
+            b.ids.get(&a.account).and_then(|ids| {
+                (!ids.is_empty()).then(|| ids[a.rng.random_range(0..ids.len())].clone())
+            })
+        };
+        match a.rng.random_range(0..100) {
+            0..=44 => {
+                let event_type = a
+                    .rng
+                    .random_bool(0.3)
+                    .then(|| EVENT_TYPES[a.rng.random_range(0..EVENT_TYPES.len())]);
+                let limit = [1, 7, 50][a.rng.random_range(0..3)];
+                a.walk(&w, limit, event_type, false, 0.0, 0.0).await;
+            }
+            45..=69 => {
+                if let Some(id) = known {
+                    a.get(&w, &id).await;
+                }
+            }
+            70..=79 => {
+                a.request(&w, Action::Status, Req::new(Method::GET, "/status"), false)
+                    .await;
+            }
+            80..=89 => {
+                let tag = a.rng.next_u64();
+                let req = Req::new(Method::POST, "/events").json(format!(
+                    r#"{{"event_type":"x","payload":{{"acct":"{}","viewer":{tag}}}}}"#,
+                    a.account
+                ));
+                let action = Action::Refusable {
+                    what: "a viewer may not ingest",
+                    expect: 403,
+                    target: "POST /events".to_owned(),
+                };
+                a.request(&w, action, req, true).await;
+            }
+            _ => {
+                if let Some(id) = known {
+                    let action = Action::Refusable {
+                        what: "a viewer may not acknowledge",
+                        expect: 403,
+                        target: format!("DELETE /events/{id}"),
+                    };
+                    a.request(
+                        &w,
+                        action,
+                        Req::new(Method::DELETE, format!("/events/{id}")),
+                        true,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// A key of one account probing another's events and cursors: every probe
+/// must be refused (404 for ids, 400 for cursors).
+pub async fn cross_tenant(mut a: Actor, w: Arc<World>, pace: Duration) {
+    while a.think(&w, pace).await {
+        let (id, cursor) = {
+            let b = w.board();
+            let others: Vec<&String> = b.ids.keys().filter(|k| **k != a.account).collect();
+            if others.is_empty() {
+                continue;
+            }
+            let victim = others[a.rng.random_range(0..others.len())].clone();
+            let ids = &b.ids[&victim];
+            let id = (!ids.is_empty()).then(|| ids[a.rng.random_range(0..ids.len())].clone());
+            (id, b.cursors.get(&victim).cloned())
+        };
+        match (a.rng.random_range(0..3), id, cursor) {
+            (0, Some(id), _) => {
+                let action = Action::Refusable {
+                    what: "foreign event read",
+                    expect: 404,
+                    target: format!("GET /events/{id}"),
+                };
+                a.request(
+                    &w,
+                    action,
+                    Req::new(Method::GET, format!("/events/{id}")),
+                    true,
+                )
+                .await;
+            }
+            (1, Some(id), _) => {
+                let action = Action::Refusable {
+                    what: "foreign event acknowledgement",
+                    expect: 404,
+                    target: format!("DELETE /events/{id}"),
+                };
+                a.request(
+                    &w,
+                    action,
+                    Req::new(Method::DELETE, format!("/events/{id}")),
+                    true,
+                )
+                .await;
+            }
+            (_, _, Some(c)) => {
+                let action = Action::Refusable {
+                    what: "foreign cursor",
+                    expect: 400,
+                    target: "GET /inbox?cursor=(another account's)".to_owned(),
+                };
+                a.request(
+                    &w,
+                    action,
+                    Req::new(Method::GET, format!("/inbox?cursor={c}")),
+                    true,
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Bursts of wrong secrets for real key ids from a few networks at once.
+/// What they cost is observable: the bcrypt runs of the instance.
+pub async fn wrong_secrets(mut sources: Vec<Actor>, w: Arc<World>, pace: Duration) {
+    let Some(mut lead) = sources.pop() else {
+        return;
+    };
+    let keys: Vec<String> = w.keys.iter().map(|k| k.key_id.clone()).collect();
+    while w.pause(exp(&mut lead.rng, pace)).await {
+        let key_id = keys[lead.rng.random_range(0..keys.len())].clone();
+        let n_sources = lead.rng.random_range(1..=sources.len().max(1));
+        let each: u32 = lead.rng.random_range(20..=100) / u32::try_from(n_sources).unwrap_or(1);
+        let attempts = each * u32::try_from(n_sources).unwrap_or(1);
+        let (instance, before) = w.bcrypt_runs();
+        let mut tasks = Vec::new();
+        for mut s in sources.drain(..n_sources) {
+            let w = w.clone();
+            let key_id = key_id.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut secret = String::new();
+                for _ in 0..each {
+                    if secret.is_empty() || s.rng.random_bool(0.8) {
+                        let mut b = [0u8; 32];
+                        s.rng.fill_bytes(&mut b);
+                        use base64::Engine;
+                        secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+                    }
+                    let token = format!("trg_{key_id}_{secret}");
+                    let req = Req::new(Method::GET, "/inbox")
+                        .header("authorization", format!("Bearer {token}"));
+                    let action = Action::WrongSecret {
+                        key_id: key_id.clone(),
+                    };
+                    s.request(&w, action, req, false).await;
+                }
+                s
+            }));
+        }
+        for t in tasks {
+            if let Ok(s) = t.await {
+                sources.push(s);
+            }
+        }
+        let (instance_after, after) = w.bcrypt_runs();
+        w.rec.note(Note::Burst {
+            key_id,
+            attempts,
+            sources: u32::try_from(n_sources).unwrap_or(0),
+            instance,
+            runs_before: before,
+            runs_after: after,
+            instance_after,
+        });
+    }
+}
+
+/// Opens a connection, sends half a request head and stalls: the server
+/// must close it within its header-read timeout.
+pub async fn slow_heads(a: Actor, w: Arc<World>, pace: Duration) {
+    let mut a = a;
+    let addr = client_addr(250, 1);
+    while a.think(&w, pace).await {
+        let call = w.rec.invoke(a.idx, Action::SlowHead);
+        let outcome = match w.net.connect(addr) {
+            Err(_) => Outcome::NotSent("connection refused"),
+            Ok(mut io) => {
+                let started = Instant::now();
+                let _ = io
+                    .write_all(b"GET /inbox HTTP/1.1\r\nhost: api.sim\r\nx-slow: ")
+                    .await;
+                let limit = w.params.settings.http.header_read_timeout + Duration::from_secs(30);
+                let closed = tokio::time::timeout(limit, async {
+                    let mut buf = [0u8; 512];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                match closed {
+                    Ok(()) => Outcome::Closed {
+                        after_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    },
+                    Err(_) => Outcome::Unknown("still open"),
+                }
+            }
+        };
+        w.rec.complete(call, outcome);
+    }
+}
+
+/// Restarts, graceful (rolling) or abrupt (a crash), now and then.
+pub async fn restarts(w: Arc<World>, mut rng: ChaCha8Rng) {
+    let p = w.params.profile.clone();
+    while w.pause(exp(&mut rng, p.restart_every)).await {
+        if rng.random_bool(0.5) {
+            w.restart_graceful().await;
+        } else {
+            let downtime = p.max_downtime.mul_f64(rng.random_range(0.0..1.0));
+            w.restart_abrupt(downtime).await;
+        }
+    }
+}
+
+/// Store fault phases: light, heavy or an outage for a while, then off.
+pub async fn store_faults(w: Arc<World>, mut rng: ChaCha8Rng) {
+    let p = w.params.profile.clone();
+    while w.pause(exp(&mut rng, p.faults_every)).await {
+        let level = match rng.random_range(0..100) {
+            0..=44 => Level::Light,
+            45..=69 => Level::Heavy,
+            70..=89 => Level::Slow,
+            _ => Level::Outage,
+        };
+        w.faults.set(level);
+        w.rec.note(Note::Faults {
+            level: level.name(),
+        });
+        let span = exp(&mut rng, p.faults_every / 4);
+        let more = w.pause(span).await;
+        w.faults.set(w.params.baseline);
+        w.rec.note(Note::Faults {
+            level: w.params.baseline.name(),
+        });
+        if !more {
+            break;
+        }
+    }
+}
+
+/// Network partitions between every client and the server.
+pub async fn partitions(w: Arc<World>, mut rng: ChaCha8Rng) {
+    let p = w.params.profile.clone();
+    while w.pause(exp(&mut rng, p.partition_every)).await {
+        let span = p.max_partition.mul_f64(rng.random_range(0.05..1.0));
+        let until = Instant::now() + span;
+        w.net.partition(until);
+        w.rec.note(Note::Partition {
+            until_ms: w.clock.elapsed_ms() + u64::try_from(span.as_millis()).unwrap_or(0),
+        });
+        let more = w.pause(span).await;
+        w.net.heal();
+        if !more {
+            break;
+        }
+    }
+}
+
+/// Revokes `label`'s key at `at` (the admin path, no faults), with a probe
+/// on that key just before, within the auth cache TTL after (may still
+/// work) and just past it (must be 403).
+pub async fn revoke(w: Arc<World>, at: Duration, label: String) {
+    let Some(key) = w.key(&label).cloned() else {
+        return;
+    };
+    let mut probe = Actor::new(
+        &w,
+        &format!("{label}-probe"),
+        &key.account,
+        Some(&key),
+        1,
+        41,
+    );
+    let ttl = w.params.settings.auth.cache_ttl;
+    let lead = Duration::from_secs(1).min(at);
+    if !w.pause(at - lead).await {
+        return;
+    }
+    probe.inbox_page(&w).await;
+    if !w.pause(lead).await {
+        return;
+    }
+    let Some(id) = triggers_api::domain::KeyId::parse(&key.key_id) else {
+        return;
+    };
+    if w.admin
+        .update_key(&id, KeyChange::Status(KeyStatus::Revoked))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    w.rec.note(Note::Revoked { label });
+    for wait in [
+        ttl / 2,
+        ttl - ttl / 2 + Duration::from_millis(1),
+        Duration::from_secs(1),
+    ] {
+        if !w.pause(wait).await {
+            return;
+        }
+        probe.inbox_page(&w).await;
+    }
+}
