@@ -54,6 +54,10 @@ use tower::ServiceExt;
 pub use crate::config::ServeConfig;
 use crate::metrics::{CloseReason, ConnMetrics};
 
+/// Connections told to close (to make room at the cap) that may still hold
+/// their descriptor while new ones are accepted.
+const EVICTING_MAX: usize = 16;
+
 /// Header fields hyper itself accepts; the API's own, lower limit is
 /// checked by `observe`, which answers it with a problem body.
 const HYPER_MAX_HEADERS: usize = 256;
@@ -244,6 +248,12 @@ impl Registry {
     }
 
     /// Open connections, not counting those already told to close.
+    /// Every registered connection, those told to close included (each
+    /// holds its descriptor until its task ends).
+    fn total(&self) -> usize {
+        self.lock().len()
+    }
+
     fn len(&self) -> usize {
         self.lock()
             .values()
@@ -369,7 +379,12 @@ where
             biased;
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            (stream, peer) = listener.accept() => {
+            // While as many connections as the cap allows, plus a few told
+            // to close that have not closed yet, hold descriptors, new ones
+            // wait in the listen backlog: evictions are asynchronous, and
+            // accepting faster than they complete would run the process
+            // out of file descriptors.
+            (stream, peer) = listener.accept(), if registry.total() < cap + EVICTING_MAX => {
                 if registry.len() >= cap && !registry.evict_one() {
                     metrics.closed(CloseReason::Refused);
                     tracing::debug!(%peer, "connection refused: every connection is busy");

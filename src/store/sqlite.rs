@@ -1853,6 +1853,7 @@ mod tests {
                 Dedup {
                     fingerprint: crate::store::Fingerprint(fingerprint(1)),
                     window: Duration::from_secs(300),
+                    margin: Duration::from_secs(35),
                 },
             )
             .await
@@ -1881,6 +1882,7 @@ mod tests {
                 Dedup {
                     fingerprint: crate::store::Fingerprint([200u8; 32]),
                     window: Duration::from_secs(300),
+                    margin: Duration::from_secs(35),
                 },
             )
             .await
@@ -1988,6 +1990,7 @@ mod tests {
         Dedup {
             fingerprint: crate::domain::fingerprint::Fingerprint([n as u8; 32]),
             window: Duration::from_secs(60),
+            margin: Duration::from_secs(35),
         }
     }
 
