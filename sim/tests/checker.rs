@@ -19,6 +19,7 @@ fn cfg() -> CheckConfig {
         per_source_per_minute: 20,
         keys: 2,
         shutdown_bound_ms: 20_000,
+        max_leases: 5,
     }
 }
 
@@ -114,12 +115,14 @@ impl H {
                 attempt: 1,
                 content: content(n),
                 valid: true,
+                idem: None,
             },
             Outcome::Posted {
                 status: 201,
                 event_id: id.into(),
                 ts_ms: ts,
                 duplicate: false,
+                replayed: false,
             },
         )
     }
@@ -134,6 +137,7 @@ impl H {
                 event_type: None,
                 cursor: None,
                 final_walk,
+                quarantined: false,
             },
             Outcome::Page {
                 events,
@@ -333,6 +337,7 @@ fn a_revoked_key_must_fail_once_the_auth_cache_ttl_has_passed() {
                 event_type: None,
                 cursor: None,
                 final_walk: false,
+                quarantined: false,
             },
             outcome,
         );
@@ -432,6 +437,7 @@ fn invalid_requests_must_be_refused_and_valid_ones_not() {
             attempt: 1,
             content: content(1),
             valid: true,
+            idem: None,
         },
         Outcome::Status {
             status: 400,
@@ -465,6 +471,8 @@ fn no_event_is_under_two_unexpired_leases() {
     let take = Action::Lease {
         limit: 10,
         lease_seconds: 30,
+        event_type: None,
+        wait_seconds: 0,
     };
     // L2 granted while L1 is unexpired.
     let mut h = H::new();
@@ -490,10 +498,12 @@ fn no_event_is_under_two_unexpired_leases() {
         Action::LeaseSettle {
             lease_id: "L1".into(),
             release: true,
+            event_ids: vec!["e1".into()],
+            all: true,
         },
-        Outcome::Status {
-            status: 200,
-            code: String::new(),
+        Outcome::Settled {
+            done: vec!["e1".into()],
+            stale: vec![],
         },
     );
     h.at(20).call(1, take, lease("L2", 30_020));
