@@ -370,8 +370,6 @@ impl<'a> Checker<'a> {
                 _ => {}
             }
         }
-        // Batch items learned after the loop above may have been answered
-        // for ids another call proved first: `learn` keeps the earliest.
     }
 
     /// Whether `id` may have been quarantined by history position `at`:

@@ -937,7 +937,8 @@ pub fn interpret(action: &Action, answer: Answer, epoch_ms: i64) -> (Outcome, Op
     (outcome, retry_after)
 }
 
-/// How a consumer takes events from its inbox (see the module docs).
+/// How a plain consumer takes events from its inbox (lease consumers are
+/// their own actor, [`lease_consumer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumerProtocol {
     /// GET /inbox pages, DELETE /events/{id}.
