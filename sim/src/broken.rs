@@ -33,14 +33,19 @@ pub enum Broken {
     /// Loses its dedup records when the server restarts (expect
     /// `duplicated`).
     ForgetsDedup,
+    /// Now and then leases as if every running lease had ended: hands an
+    /// event still under an unexpired lease to a second one (expect
+    /// `double-lease`).
+    StealsLeases,
 }
 
 impl Broken {
-    pub const ALL: [Broken; 4] = [
+    pub const ALL: [Broken; 5] = [
         Broken::DropsWrite,
         Broken::LeaksAccount,
         Broken::RepeatsEntry,
         Broken::ForgetsDedup,
+        Broken::StealsLeases,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +54,7 @@ impl Broken {
             Broken::LeaksAccount => "leaks-account",
             Broken::RepeatsEntry => "repeats-entry",
             Broken::ForgetsDedup => "forgets-dedup",
+            Broken::StealsLeases => "steals-leases",
         }
     }
 
@@ -59,6 +65,7 @@ impl Broken {
             Broken::LeaksAccount => "cross-tenant",
             Broken::RepeatsEntry => "walk-repeat",
             Broken::ForgetsDedup => "duplicated",
+            Broken::StealsLeases => "double-lease",
         }
     }
 }
@@ -250,6 +257,13 @@ impl Store for BrokenStore {
         account: &AccountId,
         req: &LeaseRequest,
     ) -> Result<Vec<Event>, StoreError> {
+        if self.kind == Broken::StealsLeases && self.chance(0.3) {
+            // Judges availability an hour ahead: every running lease (of
+            // the sim's lengths) looks ended.
+            let mut blind = req.clone();
+            blind.now = req.now + chrono::Duration::hours(1);
+            return self.inner.lease(account, &blind).await;
+        }
         self.inner.lease(account, req).await
     }
     async fn ack_leased(

@@ -42,8 +42,28 @@
 //!   connections still open after the run.
 //! - `status`: `/status` answered 200 "ok" while the store was in an
 //!   outage (every call failing) from before the request to after it.
-//! - `double-lease`: an event under two unexpired leases (checked on lease
-//!   records; the workload sends none until the lease routes exist).
+//! - `double-lease`: an event under two unexpired leases: a lease answered
+//!   after another lease of the same event was answered and before that one
+//!   ended, with no release or ack of it by the first lease sent in
+//!   between; `lease-filter`: a lease with `event_type` that took another
+//!   type.
+//! - `idempotency`: with one `Idempotency-Key`, two 2xx answers to the same
+//!   request that name different event ids (a replay must answer the first
+//!   id, and a retry creates at most one event), a 2xx answer to the same
+//!   request after a kept answer that is not marked `Idempotent-Replayed`,
+//!   a 2xx (or the kept answer) to another body after a kept answer (must be
+//!   409), a 409 to the same request once it was answered, or a replay
+//!   when no earlier request with the key could have been processed.
+//!
+//! Acknowledgements are `DELETE /events/{id}` and `POST /inbox/ack` (the ids
+//! it answered `acknowledged`, or every id it sent when it had no answer):
+//! both count for `lost`, `walk-missing` and `ack-reappeared` (an acked
+//! event must not be in a page or a lease asked for after the answer).
+//! Batch items answered 200/201 are learned like single POSTs (dedup,
+//! `lost`, `duplicated`). Quarantined events leave the inbox: the final walk
+//! also walks `?state=quarantined`, and an event that may have been leased
+//! `max_leases` times (answered leases of it plus leases of its account
+//! with no answer) is not required in a plain inbox walk.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,7 +83,12 @@ pub struct CheckConfig {
     pub keys: u64,
     /// The longest a graceful stop may take.
     pub shutdown_bound_ms: u64,
+    /// The lease that brings an event's lease count to this quarantines it.
+    pub max_leases: u32,
 }
+
+/// How long a kept idempotent answer lives (the service's default).
+const IDEMPOTENCY_TTL_MS: u64 = 24 * 3_600_000;
 
 #[derive(Debug, Clone)]
 pub struct Violation {
@@ -143,8 +168,15 @@ struct Checker<'a> {
     known: BTreeMap<String, Known>,
     /// Valid POSTs per content key.
     sends: BTreeMap<ContentKey, Vec<CallId>>,
-    /// Acknowledgements per event id.
+    /// Acknowledgements per event id (DELETEs and lease acks).
     acks: BTreeMap<String, Vec<CallId>>,
+    /// Answered leases that took each event.
+    grants: BTreeMap<String, Vec<CallId>>,
+    /// Per account, history positions of lease calls that may have leased
+    /// without the client learning what (no answer, a 5xx).
+    unknown_leases: BTreeMap<String, Vec<usize>>,
+    /// Lease id -> its `until_ms`.
+    lease_until: BTreeMap<String, u64>,
 }
 
 /// Checks `h`; every violation found, in the order of the history.
@@ -159,6 +191,9 @@ pub fn check(h: &History, cfg: &CheckConfig) -> Vec<Violation> {
         known: BTreeMap::new(),
         sends: BTreeMap::new(),
         acks: BTreeMap::new(),
+        grants: BTreeMap::new(),
+        unknown_leases: BTreeMap::new(),
+        lease_until: BTreeMap::new(),
     };
     c.index();
     c.statuses();
@@ -168,6 +203,7 @@ pub fn check(h: &History, cfg: &CheckConfig) -> Vec<Violation> {
     c.gets_and_acks();
     c.notes();
     c.leases();
+    c.idempotency();
     c.context();
     c.out.sort_by_key(|v| (v.at, v.invariant));
     c.out
@@ -283,9 +319,91 @@ impl<'a> Checker<'a> {
                         );
                     }
                 }
+                Action::Batch { items, .. } => {
+                    for c in items {
+                        self.sends.entry(c.key()).or_default().push(call.id);
+                    }
+                    if let Some(Outcome::Batch { results, .. }) = call.outcome {
+                        for r in results {
+                            if let (Some(id), Some(ts), Some(c)) =
+                                (&r.event_id, r.ts_ms, items.get(r.index))
+                            {
+                                if matches!(r.status, 200 | 201) {
+                                    self.learn(id, &c.account, c.key(), ts, call.done, call.id);
+                                }
+                            }
+                        }
+                    }
+                }
                 Action::Ack { id } => self.acks.entry(id.clone()).or_default().push(call.id),
+                Action::LeaseSettle {
+                    release: false,
+                    event_ids,
+                    ..
+                } => {
+                    for id in event_ids {
+                        self.acks.entry(id.clone()).or_default().push(call.id);
+                    }
+                }
+                Action::Lease { .. } => match call.outcome {
+                    Some(Outcome::Leased {
+                        lease_id,
+                        until_ms,
+                        events,
+                    }) => {
+                        for e in events {
+                            self.grants.entry(e.id.clone()).or_default().push(call.id);
+                        }
+                        if !lease_id.is_empty() {
+                            self.lease_until.insert(lease_id.clone(), *until_ms);
+                        }
+                    }
+                    o if o.is_none_or(|o| o.kind() == Kind::Info) => {
+                        let account = self.account(call.actor).to_owned();
+                        self.unknown_leases
+                            .entry(account)
+                            .or_default()
+                            .push(call.inv);
+                    }
+                    _ => {}
+                },
                 _ => {}
             }
+        }
+    }
+
+    /// Whether `id` may have been quarantined by history position `at`:
+    /// leases answered with it plus leases of its account with no answer,
+    /// all begun before `at`, reach `max_leases`.
+    fn possibly_quarantined(&self, id: &str, account: &str, at: usize) -> bool {
+        let granted = self.grants.get(id).map_or(0, |g| {
+            g.iter()
+                .filter(|c| self.h.call(**c).is_some_and(|x| x.inv < at))
+                .count()
+        });
+        let unknown = self
+            .unknown_leases
+            .get(account)
+            .map_or(0, |u| u.iter().filter(|i| **i < at).count());
+        granted + unknown >= self.cfg.max_leases.max(1) as usize
+    }
+
+    /// What acknowledgement call `c` means for `id`: `Some(true)` it was
+    /// certainly acknowledged (204, or listed `acknowledged`),
+    /// `Some(false)` it may have been (no answer, a 5xx), `None` not by it.
+    fn ack_effect(&self, call: &crate::history::Call<'_>, id: &str) -> Option<bool> {
+        match (call.action, call.outcome) {
+            (Action::Ack { .. }, Some(Outcome::Acked)) => Some(true),
+            (Action::LeaseSettle { .. }, Some(Outcome::Settled { done, .. })) => {
+                done.iter().any(|d| d == id).then_some(true)
+            }
+            (_, None) => Some(false),
+            (_, Some(o)) => match o.kind() {
+                Kind::Info => Some(false),
+                // A DELETE answered 2xx otherwise (not 204) still counts.
+                Kind::Ok if matches!(call.action, Action::Ack { .. }) => Some(false),
+                _ => None,
+            },
         }
     }
 
@@ -328,12 +446,9 @@ impl<'a> Checker<'a> {
         when: impl Fn(&crate::history::Call<'_>) -> bool,
     ) -> Option<CallId> {
         self.acks.get(id)?.iter().copied().find(|c| {
-            self.h.call(*c).is_some_and(|call| {
-                when(&call)
-                    && call
-                        .outcome
-                        .is_none_or(|o| matches!(o.kind(), Kind::Ok | Kind::Info))
-            })
+            self.h
+                .call(*c)
+                .is_some_and(|call| when(&call) && self.ack_effect(&call, id).is_some())
         })
     }
 
@@ -342,7 +457,7 @@ impl<'a> Checker<'a> {
         self.acks.get(id)?.iter().copied().find(|c| {
             self.h
                 .call(*c)
-                .is_some_and(|call| call.done < at && matches!(call.outcome, Some(Outcome::Acked)))
+                .is_some_and(|call| call.done < at && self.ack_effect(&call, id) == Some(true))
         })
     }
 
@@ -394,9 +509,12 @@ impl<'a> Checker<'a> {
                 let parsed_kind = matches!(
                     call.action,
                     Action::Post { .. }
+                        | Action::Batch { .. }
                         | Action::Page { .. }
                         | Action::Get { .. }
                         | Action::Ack { .. }
+                        | Action::Lease { .. }
+                        | Action::LeaseSettle { .. }
                 );
                 if parsed_kind {
                     self.violation(
@@ -450,8 +568,39 @@ impl<'a> Checker<'a> {
                         [],
                     );
                 }
-                (Action::Post { valid: true, .. } | Action::Page { .. }, Some(s))
-                    if (400..500).contains(&s) && s != 429 && !(s == 403 && may_be_403) =>
+                // With an idempotency key, 409 is the answer to another body
+                // or to a request in flight (the idempotency check judges).
+                (
+                    Action::Post {
+                        valid: true,
+                        idem: Some(_),
+                        ..
+                    }
+                    | Action::Batch { idem: Some(_), .. },
+                    Some(409),
+                ) => {}
+                (
+                    Action::Post { valid: true, .. }
+                    | Action::Batch { .. }
+                    | Action::Page { .. }
+                    | Action::Lease { .. },
+                    Some(s),
+                ) if (400..500).contains(&s) && s != 429 && !(s == 403 && may_be_403) => {
+                    self.violation(
+                        "refused-valid",
+                        format!("op #{}, a valid request, was answered {s}", call.id),
+                        [call.id],
+                        [],
+                    );
+                }
+                (Action::LeaseSettle { lease_id, .. }, Some(s))
+                    if (400..500).contains(&s)
+                        && s != 429
+                        && !(s == 403 && may_be_403)
+                        && !(s == 404
+                            && self.lease_until.get(lease_id).is_none_or(|u| {
+                                call.completed >= u.saturating_add(self.cfg.retention_ms)
+                            })) =>
                 {
                     self.violation(
                         "refused-valid",
@@ -474,6 +623,38 @@ impl<'a> Checker<'a> {
                     );
                 }
                 _ => {}
+            }
+            if let (Action::Batch { items, .. }, Outcome::Batch { results, .. }) =
+                (call.action, outcome)
+            {
+                let in_order = results.len() == items.len()
+                    && results.iter().enumerate().all(|(i, r)| r.index == i);
+                if !in_order {
+                    self.violation(
+                        "malformed-answer",
+                        format!(
+                            "op #{}: {} results for a batch of {} events, or out of order",
+                            call.id,
+                            results.len(),
+                            items.len()
+                        ),
+                        [call.id],
+                        [],
+                    );
+                }
+                for r in results {
+                    if !matches!(r.status, 200 | 201) || r.event_id.is_none() {
+                        self.violation(
+                            "refused-valid",
+                            format!(
+                                "op #{}: item {} of a valid batch was answered {}",
+                                call.id, r.index, r.status
+                            ),
+                            [call.id],
+                            [],
+                        );
+                    }
+                }
             }
         }
     }
@@ -506,7 +687,9 @@ impl<'a> Checker<'a> {
                     (events.iter().collect(), Some(*limit))
                 }
                 (_, Some(Outcome::Event(e))) => (vec![e], None),
-                (_, Some(Outcome::Leased { events, .. })) => (events.iter().collect(), None),
+                (Action::Lease { limit, .. }, Some(Outcome::Leased { events, .. })) => {
+                    (events.iter().collect(), Some(*limit))
+                }
                 _ => continue,
             };
             if let Some(limit) = limit {
@@ -596,9 +779,15 @@ impl<'a> Checker<'a> {
             );
             return;
         }
-        let metadata_ok = sent_before.iter().any(|c| {
-            matches!(self.h.call(*c).map(|x| x.action), Some(Action::Post { content, .. }) if metadata_text(content) == e.metadata)
-        });
+        let metadata_ok = sent_before
+            .iter()
+            .any(|c| match self.h.call(*c).map(|x| x.action) {
+                Some(Action::Post { content, .. }) => metadata_text(content) == e.metadata,
+                Some(Action::Batch { items, .. }) => items
+                    .iter()
+                    .any(|c| c.key() == key && metadata_text(c) == e.metadata),
+                _ => false,
+            });
         if !metadata_ok {
             self.violation(
                 "unexpected",
@@ -681,12 +870,16 @@ impl<'a> Checker<'a> {
         }
         let mut final_seen: BTreeMap<String, (BTreeSet<String>, Vec<CallId>)> = BTreeMap::new();
         let mut final_complete: BTreeSet<String> = BTreeSet::new();
+        // The same for the final walks of the quarantine listing.
+        let mut final_q: BTreeMap<String, (BTreeSet<String>, Vec<CallId>)> = BTreeMap::new();
+        let mut final_q_complete: BTreeSet<String> = BTreeSet::new();
         for (walk, pages) in walks {
             let mut ids: Vec<(String, CallId)> = Vec::new();
             let mut complete = false;
             let (mut start, mut end, mut actor) = (usize::MAX, 0, 0);
             let mut filter = None;
             let mut is_final = false;
+            let mut is_quarantine = false;
             for (i, c) in pages.iter().enumerate() {
                 let Some(call) = self.h.call(*c) else {
                     continue;
@@ -696,6 +889,7 @@ impl<'a> Checker<'a> {
                         page,
                         event_type,
                         final_walk,
+                        quarantined,
                         ..
                     },
                     Some(Outcome::Page {
@@ -711,6 +905,7 @@ impl<'a> Checker<'a> {
                 actor = call.actor;
                 filter = event_type.clone();
                 is_final = *final_walk;
+                is_quarantine = *quarantined;
                 start = start.min(call.inv);
                 end = call.done;
                 ids.extend(events.iter().map(|e| (e.id.clone(), call.id)));
@@ -741,6 +936,16 @@ impl<'a> Checker<'a> {
             if !complete {
                 continue;
             }
+            if is_final && is_quarantine {
+                final_q_complete.insert(account.clone());
+                let entry = final_q.entry(account).or_default();
+                entry.0.extend(ids.iter().map(|(id, _)| id.clone()));
+                entry.1.extend(pages.iter().copied());
+                continue;
+            }
+            if is_quarantine {
+                continue;
+            }
             if is_final {
                 final_complete.insert(account.clone());
                 let entry = final_seen.entry(account).or_default();
@@ -757,7 +962,9 @@ impl<'a> Checker<'a> {
                 if filter.as_ref().is_some_and(|t| *t != k.content.1) {
                     continue;
                 }
-                if self.possibly_acked_before(id, end).is_some() {
+                if self.possibly_acked_before(id, end).is_some()
+                    || self.possibly_quarantined(id, &account, end)
+                {
                     continue;
                 }
                 missing.push((id.clone(), k.proof));
@@ -776,7 +983,7 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        self.lost(&final_seen, &final_complete);
+        self.lost(&final_seen, &final_complete, &final_q, &final_q_complete);
     }
 
     fn first_attempt(&self, walk: u64) -> Option<usize> {
@@ -836,6 +1043,8 @@ impl<'a> Checker<'a> {
         &mut self,
         final_seen: &BTreeMap<String, (BTreeSet<String>, Vec<CallId>)>,
         final_complete: &BTreeSet<String>,
+        final_q: &BTreeMap<String, (BTreeSet<String>, Vec<CallId>)>,
+        final_q_complete: &BTreeSet<String>,
     ) {
         let accounts: BTreeSet<String> = self.known.values().map(|k| k.owner.clone()).collect();
         for account in accounts {
@@ -851,13 +1060,34 @@ impl<'a> Checker<'a> {
                 });
                 continue;
             }
+            if final_q.contains_key(&account) && !final_q_complete.contains(&account) {
+                self.out.push(Violation {
+                    invariant: "final-walk",
+                    message: format!("no complete final walk of account {account}'s quarantine: lost events cannot be ruled out"),
+                    time: self.h.entries.last().map_or(0, Entry::time),
+                    at: self.h.entries.len().saturating_sub(1),
+                    calls: BTreeSet::new(),
+                    notes: BTreeSet::new(),
+                    focus: BTreeSet::new(),
+                });
+                continue;
+            }
             let (listed, pages) = &final_seen[&account];
+            let quarantined = final_q.get(&account);
             let mut lost = Vec::new();
             for (id, k) in &self.known {
                 if k.owner != account || listed.contains(id) {
                     continue;
                 }
+                if quarantined.is_some_and(|(q, _)| q.contains(id)) {
+                    continue;
+                }
                 if self.possibly_acked_before(id, usize::MAX).is_some() {
+                    continue;
+                }
+                // Without a quarantine walk, an event that may be
+                // quarantined cannot be judged.
+                if quarantined.is_none() && self.possibly_quarantined(id, &account, usize::MAX) {
                     continue;
                 }
                 lost.push((id.clone(), k.proof));
@@ -865,6 +1095,9 @@ impl<'a> Checker<'a> {
             for (id, proof) in lost {
                 let mut calls = vec![proof];
                 calls.extend(pages.iter().copied());
+                if let Some((_, q)) = quarantined {
+                    calls.extend(q.iter().copied());
+                }
                 self.violation(
                     "lost",
                     format!(
@@ -923,12 +1156,13 @@ impl<'a> Checker<'a> {
                         );
                     }
                 }
-                (Action::Page { .. }, Some(Outcome::Page { events, .. })) => {
+                (Action::Page { .. }, Some(Outcome::Page { events, .. }))
+                | (Action::Lease { .. }, Some(Outcome::Leased { events, .. })) => {
                     for e in events {
                         if let Some(ack) = self.acked_before(&e.id, call.inv) {
                             self.violation(
                                 "ack-reappeared",
-                                format!("op #{}: event {} is in the inbox after its acknowledgement was answered 204", call.id, e.id),
+                                format!("op #{}: event {} is in the inbox (or a lease) after its acknowledgement was answered", call.id, e.id),
                                 [ack, call.id],
                                 [e.id.clone()],
                             );
@@ -1059,18 +1293,28 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// No event under two unexpired leases: a lease granted (answered)
-    /// before another lease of the same event expired, and begun after that
-    /// one was answered, unless the first was settled in between.
+    /// No event under two unexpired leases: a lease answered after
+    /// another lease of the same event was answered, and before that one
+    /// ended, unless a release or ack of the event by the first lease may
+    /// have happened before the second was answered.
     fn leases(&mut self) {
-        // (call, invoked at, answered at, answered time, until, lease id)
-        type Grant = (CallId, usize, usize, u64, u64, String);
+        struct Grant {
+            call: CallId,
+            inv: usize,
+            done: usize,
+            completed: u64,
+            until: u64,
+            lease: String,
+        }
         let mut by_event: BTreeMap<String, Vec<Grant>> = BTreeMap::new();
-        let mut settled: BTreeMap<String, usize> = BTreeMap::new();
+        // (lease id, event id) -> invocations of settles that may have
+        // settled it.
+        let mut settled: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        let mut wrong_type = Vec::new();
         for call in self.h.all_calls() {
             match (call.action, call.outcome) {
                 (
-                    Action::Lease { .. },
+                    Action::Lease { event_type, .. },
                     Some(Outcome::Leased {
                         lease_id,
                         until_ms,
@@ -1078,32 +1322,60 @@ impl<'a> Checker<'a> {
                     }),
                 ) => {
                     for e in events {
-                        by_event.entry(e.id.clone()).or_default().push((
-                            call.id,
-                            call.inv,
-                            call.done,
-                            call.completed,
-                            *until_ms,
-                            lease_id.clone(),
-                        ));
+                        if event_type.as_ref().is_some_and(|t| *t != e.event_type) {
+                            wrong_type.push((call.id, e.id.clone()));
+                        }
+                        by_event.entry(e.id.clone()).or_default().push(Grant {
+                            call: call.id,
+                            inv: call.inv,
+                            done: call.done,
+                            completed: call.completed,
+                            until: *until_ms,
+                            lease: lease_id.clone(),
+                        });
                     }
                 }
-                (Action::LeaseSettle { lease_id, .. }, Some(o)) if o.kind() == Kind::Ok => {
-                    settled
-                        .entry(lease_id.clone())
-                        .and_modify(|t| *t = (*t).min(call.done))
-                        .or_insert(call.done);
+                (
+                    Action::LeaseSettle {
+                        lease_id,
+                        event_ids,
+                        ..
+                    },
+                    outcome,
+                ) => {
+                    let ids: Vec<&String> = match outcome {
+                        Some(Outcome::Settled { done, .. }) => done.iter().collect(),
+                        None => event_ids.iter().collect(),
+                        Some(o) if o.kind() == Kind::Info => event_ids.iter().collect(),
+                        Some(_) => Vec::new(),
+                    };
+                    for id in ids {
+                        settled
+                            .entry((lease_id.clone(), id.clone()))
+                            .or_default()
+                            .push(call.inv);
+                    }
                 }
                 _ => {}
             }
+        }
+        for (call, id) in wrong_type {
+            self.violation(
+                "lease-filter",
+                format!("op #{call}: a lease of one event type took event {id} of another"),
+                [call],
+                [id],
+            );
         }
         let mut found = Vec::new();
         for (id, leases) in &by_event {
             for (i, a) in leases.iter().enumerate() {
                 for b in &leases[i + 1..] {
-                    let released = settled.get(&a.5).is_some_and(|t| *t < b.1);
-                    if b.1 > a.2 && b.3 < a.4 && !released {
-                        found.push((id.clone(), a.0, b.0, a.5.clone(), b.5.clone()));
+                    let released = settled
+                        .get(&(a.lease.clone(), id.clone()))
+                        .is_some_and(|s| s.iter().any(|inv| *inv < b.done));
+                    if b.inv > a.done && b.completed < a.until && !released {
+                        found.push((id.clone(), a.call, b.call, a.lease.clone(), b.lease.clone()));
                     }
                 }
             }
@@ -1115,6 +1387,118 @@ impl<'a> Checker<'a> {
                 [ca, cb],
                 [id],
             );
+        }
+    }
+
+    /// One `Idempotency-Key` (per account): same request, same answer.
+    fn idempotency(&mut self) {
+        type Body = (bool, Vec<Content>);
+        struct Keyed {
+            call: CallId,
+            inv: usize,
+            done: usize,
+            completed: u64,
+            invoked: u64,
+            body: Body,
+            /// Event ids answered (2xx only), and whether marked replayed.
+            ids: Option<(Vec<Option<String>>, bool)>,
+            status: Option<u16>,
+            may_have_run: bool,
+        }
+        let mut groups: BTreeMap<(String, String), Vec<Keyed>> = BTreeMap::new();
+        for call in self.h.all_calls() {
+            let (key, body) = match call.action {
+                Action::Post {
+                    content,
+                    idem: Some(k),
+                    valid: true,
+                    ..
+                } => (k, (false, vec![content.clone()])),
+                Action::Batch {
+                    items,
+                    idem: Some(k),
+                    ..
+                } => (k, (true, items.clone())),
+                _ => continue,
+            };
+            let ids = match call.outcome {
+                Some(Outcome::Posted {
+                    event_id, replayed, ..
+                }) => Some((vec![Some(event_id.clone())], *replayed)),
+                Some(Outcome::Batch { results, replayed }) => Some((
+                    results.iter().map(|r| r.event_id.clone()).collect(),
+                    *replayed,
+                )),
+                _ => None,
+            };
+            let may_have_run = call
+                .outcome
+                .is_none_or(|o| matches!(o.kind(), Kind::Ok | Kind::Info));
+            groups
+                .entry((self.account(call.actor).to_owned(), key.clone()))
+                .or_default()
+                .push(Keyed {
+                    call: call.id,
+                    inv: call.inv,
+                    done: call.done,
+                    completed: call.completed,
+                    invoked: call.invoked,
+                    body,
+                    ids,
+                    status: call.outcome.and_then(Outcome::status),
+                    may_have_run,
+                });
+        }
+        let mut found: Vec<(String, Vec<CallId>)> = Vec::new();
+        for ((account, key), calls) in &groups {
+            for b in calls {
+                // A replay needs an earlier request with the key that may
+                // have been processed.
+                if let Some((_, true)) = &b.ids {
+                    let earlier = calls.iter().any(|a| {
+                        a.call != b.call && a.inv < b.done && a.may_have_run && a.body == b.body
+                    });
+                    if !earlier {
+                        found.push((
+                            format!("op #{}: answered as a replay (key {key} of account {account}), but no earlier request with the key could have been processed", b.call),
+                            vec![b.call],
+                        ));
+                    }
+                }
+                // Against every answer kept before it was sent.
+                for a in calls {
+                    let Some((a_ids, _)) = &a.ids else {
+                        continue;
+                    };
+                    if a.call == b.call || a.done >= b.inv {
+                        continue;
+                    }
+                    if b.invoked >= a.completed.saturating_add(IDEMPOTENCY_TTL_MS) {
+                        continue;
+                    }
+                    if a.body == b.body {
+                        match (&b.ids, b.status) {
+                            (Some((b_ids, replayed)), _) => {
+                                if b_ids != a_ids {
+                                    found.push((format!("op #{}: a replay of op #{} (key {key} of account {account}) answered other event ids ({:?} vs {:?})", b.call, a.call, b_ids, a_ids), vec![a.call, b.call]));
+                                } else if !replayed {
+                                    found.push((format!("op #{}: the same request as op #{} (key {key} of account {account}), whose answer was kept, was not answered as a replay", b.call, a.call), vec![a.call, b.call]));
+                                }
+                            }
+                            (None, Some(409)) => {
+                                found.push((format!("op #{}: the same request as op #{} (key {key} of account {account}), whose answer was kept, was answered 409", b.call, a.call), vec![a.call, b.call]));
+                            }
+                            _ => {}
+                        }
+                    } else if b.ids.is_some() {
+                        found.push((format!("op #{}: key {key} of account {account} was answered 2xx for another body than op #{}'s, whose answer was kept (expected 409)", b.call, a.call), vec![a.call, b.call]));
+                    }
+                    break;
+                }
+            }
+        }
+        for (message, calls) in found {
+            self.violation("idempotency", message, calls, []);
         }
     }
 }

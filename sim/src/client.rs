@@ -83,6 +83,8 @@ pub enum Answer {
     Http {
         status: u16,
         retry_after: Option<u64>,
+        /// `Idempotent-Replayed: true` came with it.
+        replayed: bool,
         body: Bytes,
     },
     /// Certainly not carried out: the request never left the client.
@@ -252,6 +254,10 @@ impl Client {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
+            let replayed = resp
+                .headers()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
             let body = match Self::race(&self.net, resp.into_body().collect(), deadline, cancel_at)
                 .await
             {
@@ -269,6 +275,7 @@ impl Client {
             return Answer::Http {
                 status,
                 retry_after,
+                replayed,
                 body,
             };
         }

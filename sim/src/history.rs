@@ -63,6 +63,16 @@ pub enum Action {
         attempt: u32,
         content: Content,
         valid: bool,
+        /// The `Idempotency-Key` sent, if any.
+        idem: Option<String>,
+    },
+    /// POST /events/batch: `items` in order (a repeat within the batch is
+    /// the same content twice); `send` as for `Post`.
+    Batch {
+        send: u64,
+        attempt: u32,
+        items: Vec<Content>,
+        idem: Option<String>,
     },
     /// One page of an inbox walk (GET /inbox).
     Page {
@@ -73,6 +83,8 @@ pub enum Action {
         cursor: Option<String>,
         /// The checker's own walk after the run, with every fault off.
         final_walk: bool,
+        /// `state=quarantined` (the quarantine listing).
+        quarantined: bool,
     },
     /// GET /events/{id}.
     Get { id: String },
@@ -87,13 +99,22 @@ pub enum Action {
     },
     /// A wrong secret for a real key id.
     WrongSecret { key_id: String },
-    /// Lease extension point (SPEC v2, POST /inbox/lease): the events a
-    /// lease took, until when. Not sent yet; the checker already verifies
-    /// these records.
-    Lease { limit: u32, lease_seconds: u32 },
-    /// Lease extension point: POST /inbox/ack (`release: false`) or
-    /// /inbox/release of a lease's events.
-    LeaseSettle { lease_id: String, release: bool },
+    /// POST /inbox/lease (SPEC v2): answered with [`Outcome::Leased`].
+    Lease {
+        limit: u32,
+        lease_seconds: u32,
+        event_type: Option<String>,
+        wait_seconds: u32,
+    },
+    /// POST /inbox/ack (`release: false`) or /inbox/release of a lease's
+    /// events: `event_ids` are those sent or, when `all` (no `event_ids`
+    /// in the body), the lease's events as its answer listed them.
+    LeaseSettle {
+        lease_id: String,
+        release: bool,
+        event_ids: Vec<String>,
+        all: bool,
+    },
     /// A connection that sends half a request head and stalls.
     SlowHead,
     /// GET /status (no key).
@@ -108,6 +129,19 @@ pub enum Outcome {
         event_id: String,
         ts_ms: i64,
         duplicate: bool,
+        /// `Idempotent-Replayed: true` came with it.
+        replayed: bool,
+    },
+    /// A batch answered 200: one result per item, in order.
+    Batch {
+        replayed: bool,
+        results: Vec<ItemResult>,
+    },
+    /// POST /inbox/ack or /inbox/release answered 200: the ids acknowledged
+    /// (or released) and those the lease no longer held.
+    Settled {
+        done: Vec<String>,
+        stale: Vec<String>,
     },
     Page {
         events: Vec<Seen>,
@@ -116,7 +150,8 @@ pub enum Outcome {
     },
     Event(Seen),
     Acked,
-    /// A lease: its id, expiry (ms since the run began) and events.
+    /// A lease: its id, expiry (ms since the run began) and events; an
+    /// empty `lease_id` (and `until_ms` 0) when nothing was available.
     Leased {
         lease_id: String,
         until_ms: u64,
@@ -136,6 +171,17 @@ pub enum Outcome {
     Closed {
         after_ms: u64,
     },
+}
+
+/// One item's result in a batch answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemResult {
+    pub index: usize,
+    pub status: u16,
+    /// For 200 and 201.
+    pub event_id: Option<String>,
+    pub ts_ms: Option<i64>,
+    pub duplicate: bool,
 }
 
 /// Ok, fail or info, as Jepsen histories classify completions.
@@ -158,7 +204,11 @@ impl Outcome {
     pub fn status(&self) -> Option<u16> {
         match self {
             Outcome::Posted { status, .. } | Outcome::Status { status, .. } => Some(*status),
-            Outcome::Page { .. } | Outcome::Event(_) | Outcome::Leased { .. } => Some(200),
+            Outcome::Page { .. }
+            | Outcome::Event(_)
+            | Outcome::Leased { .. }
+            | Outcome::Batch { .. }
+            | Outcome::Settled { .. } => Some(200),
             Outcome::Acked => Some(204),
             _ => None,
         }
@@ -277,6 +327,9 @@ struct Inner {
     /// Entry index of each call's invocation and completion.
     calls: Vec<(usize, Option<usize>)>,
     hasher: Sha256,
+    /// Lease ids as the service drew them (at random) -> the names the
+    /// history gives them, in the order they were first answered.
+    leases: std::collections::BTreeMap<String, String>,
 }
 
 /// The history being recorded; cheap to clone (shared).
@@ -294,6 +347,7 @@ impl Recorder {
                 actors: Vec::new(),
                 calls: Vec::new(),
                 hasher: Sha256::new(),
+                leases: std::collections::BTreeMap::new(),
             })),
             clock,
         }
@@ -350,6 +404,19 @@ impl Recorder {
         let t = self.clock.elapsed_ms();
         let mut s = self.lock();
         Self::push(&mut s, Entry::Note { t, note });
+    }
+
+    /// The history's name for a lease id the service drew: the service
+    /// draws them at random (not from the seed), so the history names them
+    /// `lease-1`, `lease-2`, … in the order they were first answered, and a
+    /// seed's history stays the same byte for byte.
+    pub fn lease_name(&self, lease_id: &str) -> String {
+        let mut s = self.lock();
+        let n = s.leases.len() + 1;
+        s.leases
+            .entry(lease_id.to_owned())
+            .or_insert_with(|| format!("lease-{n}"))
+            .clone()
     }
 
     /// Calls invoked so far.
@@ -561,11 +628,13 @@ fn render(actors: &[ActorInfo], e: &Entry, idx: usize, focus: Option<&BTreeSet<S
                     attempt,
                     content,
                     valid,
+                    idem,
                 } => {
                     let _ = write!(
                         out,
-                        "POST /events send={send} attempt={attempt}{} type={} source={:?} payload={}",
+                        "POST /events send={send} attempt={attempt}{}{} type={} source={:?} payload={}",
                         if *valid { "" } else { " (invalid)" },
+                        idem.as_ref().map(|k| format!(" key={k}")).unwrap_or_default(),
                         content.event_type,
                         content.source,
                         if focus.is_some() {
@@ -578,6 +647,34 @@ fn render(actors: &[ActorInfo], e: &Entry, idx: usize, focus: Option<&BTreeSet<S
                         let _ = write!(out, " metadata={}", short(m, 40));
                     }
                 }
+                Action::Batch {
+                    send,
+                    attempt,
+                    items,
+                    idem,
+                } => {
+                    let _ = write!(
+                        out,
+                        "POST /events/batch send={send} attempt={attempt}{} items={}:",
+                        idem.as_ref()
+                            .map(|k| format!(" key={k}"))
+                            .unwrap_or_default(),
+                        items.len()
+                    );
+                    for c in items {
+                        let _ = write!(
+                            out,
+                            " [type={} source={:?} payload={}]",
+                            c.event_type,
+                            c.source,
+                            if focus.is_some() {
+                                short(&c.payload, 80)
+                            } else {
+                                c.payload.clone()
+                            }
+                        );
+                    }
+                }
                 Action::Page {
                     walk,
                     page,
@@ -585,11 +682,17 @@ fn render(actors: &[ActorInfo], e: &Entry, idx: usize, focus: Option<&BTreeSet<S
                     event_type,
                     cursor,
                     final_walk,
+                    quarantined,
                 } => {
                     let _ = write!(
                         out,
-                        "GET /inbox walk={walk}{} page={page} limit={limit}",
-                        if *final_walk { " (final)" } else { "" }
+                        "GET /inbox walk={walk}{}{} page={page} limit={limit}",
+                        if *final_walk { " (final)" } else { "" },
+                        if *quarantined {
+                            " state=quarantined"
+                        } else {
+                            ""
+                        }
                     );
                     if let Some(t) = event_type {
                         let _ = write!(out, " event_type={t}");
@@ -617,17 +720,29 @@ fn render(actors: &[ActorInfo], e: &Entry, idx: usize, focus: Option<&BTreeSet<S
                 Action::Lease {
                     limit,
                     lease_seconds,
+                    event_type,
+                    wait_seconds,
                 } => {
                     let _ = write!(
                         out,
-                        "POST /inbox/lease limit={limit} lease_seconds={lease_seconds}"
+                        "POST /inbox/lease limit={limit} lease_seconds={lease_seconds} wait_seconds={wait_seconds}"
                     );
+                    if let Some(t) = event_type {
+                        let _ = write!(out, " event_type={t}");
+                    }
                 }
-                Action::LeaseSettle { lease_id, release } => {
+                Action::LeaseSettle {
+                    lease_id,
+                    release,
+                    event_ids,
+                    all,
+                } => {
                     let _ = write!(
                         out,
-                        "POST /inbox/{} lease={lease_id}",
-                        if *release { "release" } else { "ack" }
+                        "POST /inbox/{} lease={lease_id} {}[{}]",
+                        if *release { "release" } else { "ack" },
+                        if *all { "(all) " } else { "" },
+                        event_ids.join(" ")
                     );
                 }
                 Action::SlowHead => {
@@ -656,11 +771,35 @@ fn render(actors: &[ActorInfo], e: &Entry, idx: usize, focus: Option<&BTreeSet<S
                     event_id,
                     ts_ms,
                     duplicate,
+                    replayed,
                 } => {
                     let _ = write!(
                         out,
-                        "{status} event={event_id} ts={ts_ms}{}",
-                        if *duplicate { " duplicate" } else { "" }
+                        "{status} event={event_id} ts={ts_ms}{}{}",
+                        if *duplicate { " duplicate" } else { "" },
+                        if *replayed { " replayed" } else { "" }
+                    );
+                }
+                Outcome::Batch { replayed, results } => {
+                    let _ = write!(out, "200{} [", if *replayed { " replayed" } else { "" });
+                    for (i, r) in results.iter().enumerate() {
+                        let sep = if i == 0 { "" } else { " " };
+                        let _ = write!(out, "{sep}#{}:{}", r.index, r.status);
+                        if let Some(id) = &r.event_id {
+                            let _ = write!(out, "={id}@{}", r.ts_ms.unwrap_or(0));
+                        }
+                        if r.duplicate {
+                            let _ = write!(out, "(dup)");
+                        }
+                    }
+                    let _ = write!(out, "]");
+                }
+                Outcome::Settled { done, stale } => {
+                    let _ = write!(
+                        out,
+                        "200 done=[{}] stale=[{}]",
+                        done.join(" "),
+                        stale.join(" ")
                     );
                 }
                 Outcome::Page {

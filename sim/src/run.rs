@@ -370,6 +370,17 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
             let label = format!("{a}-v0");
             actors.push((Actor::new(&w, &label, a, w.key(&label), net, 30), "viewer"));
         }
+        // Lease consumers (v2), two to four sharing the inbox, on the first
+        // consumer's key.
+        let mut lr =
+            ChaCha8Rng::seed_from_u64(cfg.seed ^ workload::stable_hash(&format!("{a}-leases")));
+        let label = format!("{a}-c0");
+        for l in 0..lr.random_range(2..=4u8) {
+            actors.push((
+                Actor::new(&w, &format!("{a}-l{l}"), a, w.key(&label), net, 60 + l),
+                "lease",
+            ));
+        }
     }
     if params.revoke_at.is_some() {
         actors.push((
@@ -407,6 +418,7 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
                 "producer" => workload::producer(a, w, pace, false).await,
                 "huge" => workload::producer(a, w, pace, true).await,
                 "consumer" => workload::consumer(a, w, pace, ConsumerProtocol::WalkAndAck).await,
+                "lease" => workload::lease_consumer(a, w, pace).await,
                 "viewer" => workload::viewer(a, w, pace).await,
                 "prober" => workload::cross_tenant(a, w, pace * 2).await,
                 _ => workload::slow_heads(a, w, pace * 4).await,
@@ -471,6 +483,9 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
             u8::try_from(ai + 1).unwrap_or(1),
         );
         checker.walk(&w, 200, None, true, 0.0, 0.0).await;
+        checker
+            .walk_state(&w, 200, None, true, true, 0.0, 0.0)
+            .await;
     }
     // Everything closed: nothing may be left running in the server.
     tokio::time::sleep(params.profile.backoff * 4).await;
@@ -501,6 +516,7 @@ async fn simulate(cfg: &SimConfig) -> anyhow::Result<RunResult> {
         per_source_per_minute: s.auth.per_source_per_minute,
         keys: n_keys,
         shutdown_bound_ms: ms(s.http.shutdown_grace + s.store_timeout) + 2000,
+        max_leases: s.max_leases,
     };
     let violations = check(&history, &check_cfg);
     let (mut ok, mut fail, mut info) = (0, 0, 0);

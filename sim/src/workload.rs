@@ -5,13 +5,14 @@
 //! actor is a task with its own seeded random source, so on one thread the
 //! whole run is fixed by the seed.
 //!
-//! **Extension point for leases** (SPEC v2: `POST /inbox/lease|ack|release`):
-//! consumers take events through a [`ConsumerProtocol`]. Today the only one
-//! is [`ConsumerProtocol::WalkAndAck`] (GET /inbox pages, DELETE
-//! /events/{id}). When the lease routes land, add `Lease` there: lease with
-//! [`Action::Lease`] (record the answer as [`Outcome::Leased`]), then ack or
-//! release; the checker's `double-lease` invariant already verifies those
-//! records (no event under two unexpired leases).
+//! SPEC v2 actors: lease consumers (several per account on one inbox:
+//! `POST /inbox/lease`, some long polls, a seeded "processing" time that
+//! sometimes outlives the lease, then `/inbox/ack` or `/inbox/release`, or
+//! nothing at all: a consumer that died), batch sends (`POST
+//! /events/batch`, with repeats inside the batch and whole-batch retries)
+//! and `Idempotency-Key` sends (retries with the key after a 5xx or no
+//! answer, a deliberate replay, and the key with another body, which must
+//! be 409).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use triggers_api::store::KeyChange;
 
 use crate::client::{Answer, Client, NetFault, Req};
 use crate::faults::Level;
-use crate::history::{Action, ActorInfo, Content, Note, Outcome, Seen};
+use crate::history::{Action, ActorInfo, Content, ItemResult, Note, Outcome, Seen};
 use crate::net::client_addr;
 use crate::world::{SimKey, World};
 
@@ -59,6 +60,12 @@ pub struct Actor {
     client: Client,
     pub rng: ChaCha8Rng,
     requests: u64,
+    /// The run's epoch (ms since 1970), to turn `leased_until` into run time.
+    epoch_ms: i64,
+    /// Idempotency keys drawn so far.
+    keys_drawn: u64,
+    /// The service's id of the lease the last request got, if it got one.
+    last_lease: Option<String>,
 }
 
 impl Actor {
@@ -87,6 +94,9 @@ impl Actor {
             ),
             rng: ChaCha8Rng::seed_from_u64(w.seed ^ stable_hash(name)),
             requests: 0,
+            epoch_ms: w.clock.epoch().timestamp_millis(),
+            keys_drawn: 0,
+            last_lease: None,
         }
     }
 
@@ -153,7 +163,16 @@ impl Actor {
         let fault = self.net_fault(w);
         let call = w.rec.invoke(self.idx, action.clone());
         let answer = self.client.send(&req, fault).await;
-        let (outcome, retry_after) = interpret(&action, answer);
+        let (mut outcome, retry_after) = interpret(&action, answer, self.epoch_ms);
+        // What the lease is called in the history (see `Recorder::lease_name`).
+        let mut real_lease = None;
+        if let Outcome::Leased { lease_id, .. } = &mut outcome {
+            if !lease_id.is_empty() {
+                real_lease = Some(lease_id.clone());
+                *lease_id = w.rec.lease_name(lease_id);
+            }
+        }
+        self.last_lease = real_lease;
         w.rec.complete(call, outcome.clone());
         (outcome, retry_after)
     }
@@ -171,6 +190,28 @@ impl Actor {
     /// after a 5xx, a 429 or no answer (dedup makes that safe). The id
     /// answered, if any.
     pub async fn post(&mut self, w: &World, content: Content) -> Option<String> {
+        self.post_keyed(w, content, None).await
+    }
+
+    /// A fresh idempotency key of this actor's (keys are the account's).
+    fn draw_key(&mut self) -> String {
+        self.keys_drawn += 1;
+        format!(
+            "{}-k{}-{:x}",
+            self.name,
+            self.keys_drawn,
+            self.rng.next_u32()
+        )
+    }
+
+    /// POST /events, with `Idempotency-Key: key` on every attempt when
+    /// given (a 409 while the first attempt is in flight is retried too).
+    pub async fn post_keyed(
+        &mut self,
+        w: &World,
+        content: Content,
+        key: Option<String>,
+    ) -> Option<String> {
         let send = w.next_send();
         w.board().add_content(&content);
         let body = body_text(&content);
@@ -180,19 +221,162 @@ impl Actor {
                 attempt,
                 content: content.clone(),
                 valid: true,
+                idem: key.clone(),
             };
-            let req = Req::new(Method::POST, "/events").json(body.clone());
+            let mut req = Req::new(Method::POST, "/events").json(body.clone());
+            if let Some(k) = &key {
+                req = req.header("idempotency-key", k.clone());
+            }
             let (outcome, retry_after) = self.request(w, action, req, true).await;
             match &outcome {
                 Outcome::Posted { event_id, .. } => {
                     w.board().add_id(&self.account, event_id);
                     return Some(event_id.clone());
                 }
+                Outcome::Status { status: 409, .. } if key.is_some() => {
+                    self.backoff(w, attempt, retry_after).await;
+                }
                 o if Self::retryable(o) => self.backoff(w, attempt, retry_after).await,
                 _ => return None,
             }
         }
         None
+    }
+
+    /// The key of an answered keyed send with another body: must be 409
+    /// (no retry: the answer is the point).
+    pub async fn post_conflicting(&mut self, w: &World, content: Content, key: String) {
+        let send = w.next_send();
+        w.board().add_content(&content);
+        let action = Action::Post {
+            send,
+            attempt: 1,
+            content: content.clone(),
+            valid: true,
+            idem: Some(key.clone()),
+        };
+        let req = Req::new(Method::POST, "/events")
+            .json(body_text(&content))
+            .header("idempotency-key", key);
+        self.request(w, action, req, true).await;
+    }
+
+    /// POST /events/batch with a careful client's retries of the whole
+    /// batch (the same body, and the same key when keyed). The results of
+    /// the answer that came, if one did.
+    pub async fn post_batch(
+        &mut self,
+        w: &World,
+        items: Vec<Content>,
+        key: Option<String>,
+    ) -> Option<Vec<ItemResult>> {
+        let send = w.next_send();
+        for c in &items {
+            w.board().add_content(c);
+        }
+        let body = batch_body(&items);
+        for attempt in 1..=w.params.max_attempts {
+            let action = Action::Batch {
+                send,
+                attempt,
+                items: items.clone(),
+                idem: key.clone(),
+            };
+            let mut req = Req::new(Method::POST, "/events/batch").json(body.clone());
+            if let Some(k) = &key {
+                req = req.header("idempotency-key", k.clone());
+            }
+            let (outcome, retry_after) = self.request(w, action, req, true).await;
+            match outcome {
+                Outcome::Batch { results, .. } => {
+                    let mut b = w.board();
+                    for r in &results {
+                        if let Some(id) = &r.event_id {
+                            b.add_id(&self.account, id);
+                        }
+                    }
+                    return Some(results);
+                }
+                Outcome::Status { status: 409, .. } if key.is_some() => {
+                    self.backoff(w, attempt, retry_after).await;
+                }
+                o if Self::retryable(&o) => self.backoff(w, attempt, retry_after).await,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// POST /inbox/lease, no retry (a lease whose answer was lost holds its
+    /// events until it ends: the next lease simply takes others).
+    pub async fn lease(
+        &mut self,
+        w: &World,
+        limit: u32,
+        lease_seconds: u32,
+        event_type: Option<&str>,
+        wait_seconds: u32,
+    ) -> Option<(String, Vec<String>)> {
+        let action = Action::Lease {
+            limit,
+            lease_seconds,
+            event_type: event_type.map(str::to_owned),
+            wait_seconds,
+        };
+        let mut body = format!(r#"{{"limit":{limit},"lease_seconds":{lease_seconds}"#);
+        if wait_seconds > 0 {
+            body.push_str(&format!(r#","wait_seconds":{wait_seconds}"#));
+        }
+        if let Some(t) = event_type {
+            body.push_str(&format!(r#","event_type":"{t}""#));
+        }
+        body.push('}');
+        let req = Req::new(Method::POST, "/inbox/lease").json(body);
+        match self.request(w, action, req, true).await.0 {
+            Outcome::Leased { events, .. } => {
+                let real = self.last_lease.take()?;
+                Some((real, events.into_iter().map(|e| e.id).collect()))
+            }
+            _ => None,
+        }
+    }
+
+    /// POST /inbox/ack or /inbox/release of `ids` of a lease (`all`: no
+    /// `event_ids` in the body), retried after a 5xx or no answer (settling
+    /// twice is safe: the second finds them stale).
+    pub async fn settle(
+        &mut self,
+        w: &World,
+        lease_id: &str,
+        ids: Vec<String>,
+        all: bool,
+        release: bool,
+    ) {
+        let mut body = format!(r#"{{"lease_id":"{lease_id}""#);
+        if !all {
+            let list: Vec<String> = ids.iter().map(|i| format!(r#""{i}""#)).collect();
+            body.push_str(&format!(r#","event_ids":[{}]"#, list.join(",")));
+        }
+        body.push('}');
+        let path = if release {
+            "/inbox/release"
+        } else {
+            "/inbox/ack"
+        };
+        for attempt in 1..=w.params.max_attempts {
+            let action = Action::LeaseSettle {
+                lease_id: w.rec.lease_name(lease_id),
+                release,
+                event_ids: ids.clone(),
+                all,
+            };
+            let req = Req::new(Method::POST, path).json(body.clone());
+            let (o, ra) = self.request(w, action, req, true).await;
+            if !Self::retryable(&o) {
+                return;
+            }
+            self.backoff(w, attempt, ra).await;
+        }
     }
 
     /// One inbox page, no retry (a probe).
@@ -204,6 +388,7 @@ impl Actor {
             event_type: None,
             cursor: None,
             final_walk: false,
+            quarantined: false,
         };
         self.request(w, action, Req::new(Method::GET, "/inbox?limit=1"), true)
             .await;
@@ -256,6 +441,23 @@ impl Actor {
         ack_now: f64,
         ack_later: f64,
     ) -> (Vec<String>, bool) {
+        self.walk_state(w, limit, event_type, final_walk, false, ack_now, ack_later)
+            .await
+    }
+
+    /// [`Actor::walk`] of the inbox or (`quarantined`) of the quarantine
+    /// listing.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn walk_state(
+        &mut self,
+        w: &World,
+        limit: u32,
+        event_type: Option<&str>,
+        final_walk: bool,
+        quarantined: bool,
+        ack_now: f64,
+        ack_later: f64,
+    ) -> (Vec<String>, bool) {
         let walk = w.next_walk();
         let mut cursor: Option<String> = None;
         let mut seen = Vec::new();
@@ -272,6 +474,9 @@ impl Actor {
                 return (seen, false);
             }
             let mut target = format!("/inbox?limit={limit}");
+            if quarantined {
+                target.push_str("&state=quarantined");
+            }
             if let Some(t) = event_type {
                 target.push_str(&format!("&event_type={t}"));
             }
@@ -287,6 +492,7 @@ impl Actor {
                     event_type: event_type.map(str::to_owned),
                     cursor: cursor.clone(),
                     final_walk,
+                    quarantined,
                 };
                 let (o, ra) = self
                     .request(w, action, Req::new(Method::GET, target.clone()), true)
@@ -516,6 +722,42 @@ pub fn body_text(c: &Content) -> String {
     s
 }
 
+/// The body of a batch of `items`.
+pub fn batch_body(items: &[Content]) -> String {
+    let list: Vec<String> = items.iter().map(body_text).collect();
+    format!(r#"{{"events":[{}]}}"#, list.join(","))
+}
+
+#[derive(Deserialize)]
+struct ItemDto {
+    index: usize,
+    status: u16,
+    event_id: Option<String>,
+    timestamp: Option<String>,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+#[derive(Deserialize)]
+struct BatchDto {
+    results: Vec<ItemDto>,
+}
+
+#[derive(Deserialize)]
+struct LeaseDto<'a> {
+    lease_id: Option<String>,
+    leased_until: Option<String>,
+    #[serde(borrow)]
+    events: Vec<EventDto<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SettleDto {
+    #[serde(alias = "released")]
+    acknowledged: Vec<String>,
+    stale: Vec<String>,
+}
+
 #[derive(Deserialize)]
 struct PostedDto {
     event_id: String,
@@ -586,15 +828,18 @@ fn seen(e: &EventDto<'_>) -> Option<Seen> {
 }
 
 /// What an answer means for this action.
-pub fn interpret(action: &Action, answer: Answer) -> (Outcome, Option<u64>) {
-    let (status, retry_after, body) = match answer {
+/// `epoch_ms` is the run's start (a lease's `leased_until` is recorded as
+/// milliseconds since then).
+pub fn interpret(action: &Action, answer: Answer, epoch_ms: i64) -> (Outcome, Option<u64>) {
+    let (status, retry_after, replayed, body) = match answer {
         Answer::NotSent(why) => return (Outcome::NotSent(why), None),
         Answer::Unknown(why) => return (Outcome::Unknown(why), None),
         Answer::Http {
             status,
             retry_after,
+            replayed,
             body,
-        } => (status, retry_after, body),
+        } => (status, retry_after, replayed, body),
     };
     let parsed =
         match (action, status) {
@@ -606,7 +851,51 @@ pub fn interpret(action: &Action, answer: Answer) -> (Outcome, Option<u64>) {
                         ts_ms: ts_ms(&p.timestamp)?,
                         event_id: p.event_id,
                         duplicate: p.duplicate,
+                        replayed,
                     })
+                }),
+            (Action::Batch { .. }, 200) => {
+                serde_json::from_slice::<BatchDto>(&body)
+                    .ok()
+                    .and_then(|b| {
+                        let results = b
+                            .results
+                            .into_iter()
+                            .map(|r| {
+                                let ts = match &r.timestamp {
+                                    Some(t) => Some(ts_ms(t)?),
+                                    None => None,
+                                };
+                                Some(ItemResult {
+                                    index: r.index,
+                                    status: r.status,
+                                    event_id: r.event_id,
+                                    ts_ms: ts,
+                                    duplicate: r.duplicate,
+                                })
+                            })
+                            .collect::<Option<Vec<_>>>()?;
+                        Some(Outcome::Batch { replayed, results })
+                    })
+            }
+            (Action::Lease { .. }, 200) => serde_json::from_slice::<LeaseDto<'_>>(&body)
+                .ok()
+                .and_then(|l| {
+                    let until_ms = match &l.leased_until {
+                        Some(t) => u64::try_from(ts_ms(t)? - epoch_ms).unwrap_or(0),
+                        None => 0,
+                    };
+                    Some(Outcome::Leased {
+                        lease_id: l.lease_id.unwrap_or_default(),
+                        until_ms,
+                        events: l.events.iter().map(seen).collect::<Option<Vec<_>>>()?,
+                    })
+                }),
+            (Action::LeaseSettle { .. }, 200) => serde_json::from_slice::<SettleDto>(&body)
+                .ok()
+                .map(|s| Outcome::Settled {
+                    done: s.acknowledged,
+                    stale: s.stale,
                 }),
             (Action::Page { .. }, 200) => serde_json::from_slice::<PageDto<'_>>(&body)
                 .ok()
@@ -648,7 +937,8 @@ pub fn interpret(action: &Action, answer: Answer) -> (Outcome, Option<u64>) {
     (outcome, retry_after)
 }
 
-/// How a consumer takes events from its inbox (see the module docs).
+/// How a plain consumer takes events from its inbox (lease consumers are
+/// their own actor, [`lease_consumer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumerProtocol {
     /// GET /inbox pages, DELETE /events/{id}.
@@ -675,6 +965,15 @@ pub async fn producer(mut a: Actor, w: Arc<World>, pace: Duration, huge: bool) {
                 a.post(&w, c).await;
                 continue;
             }
+        }
+        if roll < 30 {
+            n = batch_send(&mut a, &w, n).await;
+            continue;
+        }
+        if roll < 40 {
+            n += 1;
+            keyed_send(&mut a, &w, n).await;
+            continue;
         }
         n += 1;
         let big = huge && a.rng.random_bool(0.5);
@@ -715,6 +1014,127 @@ pub async fn producer(mut a: Actor, w: Arc<World>, pace: Duration, huge: bool) {
                         a.post(&w, content.clone()).await;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A batch of 1 to 8 events, some repeating an earlier one of the same
+/// batch or a recent send, sometimes with an idempotency key; now and then
+/// the whole batch again later (a client that lost track). The send counter
+/// after it.
+async fn batch_send(a: &mut Actor, w: &World, mut n: u64) -> u64 {
+    let len = a.rng.random_range(1..=8usize);
+    let recent: Vec<Content> = {
+        let b = w.board();
+        b.contents
+            .get(&a.account)
+            .map(|cs| cs[cs.len().saturating_sub(8)..].to_vec())
+            .unwrap_or_default()
+    };
+    let mut items: Vec<Content> = Vec::new();
+    for _ in 0..len {
+        let roll = a.rng.random_range(0..100);
+        if roll < 20 && !items.is_empty() {
+            let i = a.rng.random_range(0..items.len());
+            items.push(items[i].clone());
+        } else if roll < 30 && !recent.is_empty() {
+            items.push(recent[a.rng.random_range(0..recent.len())].clone());
+        } else {
+            n += 1;
+            items.push(a.new_content(n, false));
+        }
+    }
+    let key = a.rng.random_bool(0.3).then(|| a.draw_key());
+    if a.post_batch(w, items.clone(), key.clone()).await.is_some() && a.rng.random_bool(0.2) {
+        let later = Duration::from_millis(a.rng.random_range(0..5_000));
+        if w.pause(later).await {
+            a.post_batch(w, items, key).await;
+        }
+    }
+    n
+}
+
+/// A send with an idempotency key (retried with it after a 5xx or no
+/// answer); once answered, sometimes the same request again (a replay:
+/// the first id, `Idempotent-Replayed`) and sometimes the key with another
+/// body (409).
+async fn keyed_send(a: &mut Actor, w: &World, n: u64) {
+    let content = a.new_content(n, false);
+    let key = a.draw_key();
+    if a.post_keyed(w, content.clone(), Some(key.clone()))
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let roll = a.rng.random_range(0..100);
+    let later = Duration::from_millis(a.rng.random_range(0..20_000));
+    if roll < 40 {
+        if w.pause(later).await {
+            a.post_keyed(w, content, Some(key)).await;
+        }
+    } else if roll < 60 && w.pause(later).await {
+        let mut other = content;
+        other.payload = other.payload.replacen('{', r#"{"other":true,"#, 1);
+        a.post_conflicting(w, other, key).await;
+    }
+}
+
+/// A lease consumer (several share each account's inbox): leases (some
+/// long-poll), "processes" for a seeded time (sometimes past the lease, so
+/// the lease ends and the events go to another), then acknowledges or
+/// releases all or some of them, or dies without settling.
+pub async fn lease_consumer(mut a: Actor, w: Arc<World>, pace: Duration) {
+    let long_poll = a.rng.random_bool(0.5);
+    let max_wait =
+        u32::try_from(w.params.profile.client_timeout.as_secs().saturating_sub(2)).unwrap_or(0);
+    let lease_choices: &[u32] = if w.deterministic {
+        &[1, 5, 30, 120, 600]
+    } else {
+        &[1, 2, 3]
+    };
+    while a.think(&w, pace).await {
+        let limit = [1, 2, 5, 10, 50][a.rng.random_range(0..5)];
+        let event_type = a
+            .rng
+            .random_bool(0.15)
+            .then(|| EVENT_TYPES[a.rng.random_range(0..EVENT_TYPES.len())]);
+        let wait = if long_poll && max_wait > 0 && a.rng.random_bool(0.6) {
+            a.rng.random_range(1..=max_wait)
+        } else {
+            0
+        };
+        let lease_seconds = lease_choices[a.rng.random_range(0..lease_choices.len())];
+        let Some((lease_id, ids)) = a.lease(&w, limit, lease_seconds, event_type, wait).await
+        else {
+            continue;
+        };
+        let secs = f64::from(lease_seconds);
+        let processing = if a.rng.random_bool(0.7) {
+            secs * a.rng.random_range(0.02..0.8)
+        } else {
+            secs * a.rng.random_range(1.0..2.5)
+        };
+        if !w.pause(Duration::from_secs_f64(processing)).await {
+            break;
+        }
+        let roll = a.rng.random_range(0..100);
+        if roll < 10 {
+            // Died: the lease runs out and the events go to another.
+            continue;
+        }
+        let release = roll < 30;
+        if a.rng.random_bool(0.5) {
+            a.settle(&w, &lease_id, ids, true, release).await;
+        } else {
+            let (some, rest): (Vec<String>, Vec<String>) =
+                ids.into_iter().partition(|_| a.rng.random_bool(0.7));
+            if !some.is_empty() {
+                a.settle(&w, &lease_id, some, false, release).await;
+            }
+            if !rest.is_empty() && a.rng.random_bool(0.5) {
+                a.settle(&w, &lease_id, rest, false, !release).await;
             }
         }
     }

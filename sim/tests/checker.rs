@@ -19,6 +19,7 @@ fn cfg() -> CheckConfig {
         per_source_per_minute: 20,
         keys: 2,
         shutdown_bound_ms: 20_000,
+        max_leases: 5,
     }
 }
 
@@ -114,12 +115,14 @@ impl H {
                 attempt: 1,
                 content: content(n),
                 valid: true,
+                idem: None,
             },
             Outcome::Posted {
                 status: 201,
                 event_id: id.into(),
                 ts_ms: ts,
                 duplicate: false,
+                replayed: false,
             },
         )
     }
@@ -134,6 +137,7 @@ impl H {
                 event_type: None,
                 cursor: None,
                 final_walk,
+                quarantined: false,
             },
             Outcome::Page {
                 events,
@@ -333,6 +337,7 @@ fn a_revoked_key_must_fail_once_the_auth_cache_ttl_has_passed() {
                 event_type: None,
                 cursor: None,
                 final_walk: false,
+                quarantined: false,
             },
             outcome,
         );
@@ -432,6 +437,7 @@ fn invalid_requests_must_be_refused_and_valid_ones_not() {
             attempt: 1,
             content: content(1),
             valid: true,
+            idem: None,
         },
         Outcome::Status {
             status: 400,
@@ -465,6 +471,8 @@ fn no_event_is_under_two_unexpired_leases() {
     let take = Action::Lease {
         limit: 10,
         lease_seconds: 30,
+        event_type: None,
+        wait_seconds: 0,
     };
     // L2 granted while L1 is unexpired.
     let mut h = H::new();
@@ -490,10 +498,12 @@ fn no_event_is_under_two_unexpired_leases() {
         Action::LeaseSettle {
             lease_id: "L1".into(),
             release: true,
+            event_ids: vec!["e1".into()],
+            all: true,
         },
-        Outcome::Status {
-            status: 200,
-            code: String::new(),
+        Outcome::Settled {
+            done: vec!["e1".into()],
+            stale: vec![],
         },
     );
     h.at(20).call(1, take, lease("L2", 30_020));
@@ -521,4 +531,278 @@ fn status_is_not_ok_while_every_store_call_fails() {
     h.note(Note::Faults { level: "off" });
     h.call(2, Action::Status, ok());
     assert_eq!(h.invariants(), ["status"]);
+}
+
+fn take() -> Action {
+    Action::Lease {
+        limit: 10,
+        lease_seconds: 30,
+        event_type: None,
+        wait_seconds: 0,
+    }
+}
+
+fn settle(lease: &str, ids: &[&str], release: bool) -> Action {
+    Action::LeaseSettle {
+        lease_id: lease.into(),
+        release,
+        event_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        all: false,
+    }
+}
+
+fn settled(done: &[&str], stale: &[&str]) -> Outcome {
+    Outcome::Settled {
+        done: done.iter().map(|s| (*s).to_owned()).collect(),
+        stale: stale.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+fn quarantine_page(h: &mut H, walk: u64, events: Vec<Seen>) {
+    h.call(
+        3,
+        Action::Page {
+            walk,
+            page: 0,
+            limit: 50,
+            event_type: None,
+            cursor: None,
+            final_walk: true,
+            quarantined: true,
+        },
+        Outcome::Page {
+            events,
+            has_more: false,
+            next_cursor: None,
+        },
+    );
+}
+
+#[test]
+fn an_event_acknowledged_through_its_lease_is_not_lost_and_never_reappears() {
+    // Acked through /inbox/ack: gone from the final walk, and not lost.
+    let mut h = H::new();
+    h.at(1).post(1, "e1", 1);
+    h.at(10).call(1, take(), lease("L1", 30_010));
+    h.at(20)
+        .call(1, settle("L1", &["e1"], false), settled(&["e1"], &[]));
+    h.at(99_000).page(3, 1, vec![], true);
+    assert_eq!(h.invariants(), Vec::<&str>::new());
+
+    // Listed stale: the ack did not take, so the event must still be there.
+    let mut h = H::new();
+    h.at(1).post(1, "e1", 1);
+    h.at(10).call(1, take(), lease("L1", 30_010));
+    h.at(20)
+        .call(1, settle("L1", &["e1"], false), settled(&[], &["e1"]));
+    h.at(99_000).page(3, 1, vec![], true);
+    assert_eq!(h.invariants(), ["lost"]);
+
+    // An ack with no answer may have happened.
+    let mut h = H::new();
+    h.at(1).post(1, "e1", 1);
+    h.at(10).call(1, take(), lease("L1", 30_010));
+    h.at(20)
+        .call(1, settle("L1", &["e1"], false), Outcome::Unknown("timeout"));
+    h.at(99_000).page(3, 1, vec![], true);
+    assert_eq!(h.invariants(), Vec::<&str>::new());
+
+    // Acknowledged, then in a page and in another lease.
+    let mut h = H::new();
+    h.at(1).post(1, "e1", 1);
+    h.at(10).call(1, take(), lease("L1", 30_010));
+    h.at(20)
+        .call(1, settle("L1", &["e1"], false), settled(&["e1"], &[]));
+    h.at(40_000).call(1, take(), lease("L2", 70_000));
+    h.at(99_000).page(3, 1, vec![], true);
+    assert_eq!(h.invariants(), ["ack-reappeared"]);
+}
+
+#[test]
+fn a_release_by_the_first_lease_allows_a_second_one_at_once() {
+    // Released (or maybe released: no answer) before the second lease.
+    for outcome in [settled(&["e1"], &[]), Outcome::Unknown("timeout")] {
+        let mut h = H::new();
+        h.at(1).post(1, "e1", 1);
+        h.at(10).call(1, take(), lease("L1", 30_010));
+        h.at(15).call(1, settle("L1", &["e1"], true), outcome);
+        h.at(20).call(1, take(), lease("L2", 30_020));
+        h.at(99_000).page(3, 1, vec![seen("e1", 1, 1)], true);
+        assert_eq!(h.invariants(), Vec::<&str>::new());
+    }
+    // A release that found it stale does not.
+    let mut h = H::new();
+    h.at(1).post(1, "e1", 1);
+    h.at(10).call(1, take(), lease("L1", 30_010));
+    h.at(15)
+        .call(1, settle("L1", &["e1"], true), settled(&[], &["e1"]));
+    h.at(20).call(1, take(), lease("L2", 30_020));
+    h.at(99_000).page(3, 1, vec![seen("e1", 1, 1)], true);
+    assert_eq!(h.invariants(), ["double-lease"]);
+}
+
+#[test]
+fn quarantined_events_are_not_lost_when_the_quarantine_walk_shows_them() {
+    // Leased five times (max_leases), then only in the quarantine listing.
+    let five = |h: &mut H| {
+        h.at(1).post(1, "e1", 1);
+        for i in 0..5u64 {
+            h.at(10 + i * 40_000)
+                .call(1, take(), lease(&format!("L{i}"), 30_010 + i * 40_000));
+        }
+    };
+    let mut h = H::new();
+    five(&mut h);
+    h.at(999_000).page(3, 1, vec![], true);
+    quarantine_page(&mut h, 2, vec![seen("e1", 1, 1)]);
+    assert_eq!(h.invariants(), Vec::<&str>::new());
+
+    // In neither listing: lost.
+    let mut h = H::new();
+    five(&mut h);
+    h.at(999_000).page(3, 1, vec![], true);
+    quarantine_page(&mut h, 2, vec![]);
+    assert_eq!(h.invariants(), ["lost"]);
+
+    // A non-final walk need not show a possibly quarantined event.
+    let mut h = H::new();
+    five(&mut h);
+    h.at(500_000).page(1, 1, vec![], false);
+    h.at(999_000).page(3, 2, vec![], true);
+    quarantine_page(&mut h, 3, vec![seen("e1", 1, 1)]);
+    assert_eq!(h.invariants(), Vec::<&str>::new());
+}
+
+fn batch(send: u64, items: Vec<Content>, idem: Option<&str>) -> Action {
+    Action::Batch {
+        send,
+        attempt: 1,
+        items,
+        idem: idem.map(str::to_owned),
+    }
+}
+
+fn batch_ok(ids: &[&str], ts: i64, replayed: bool) -> Outcome {
+    let mut first: Vec<&str> = Vec::new();
+    Outcome::Batch {
+        replayed,
+        results: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let dup = first.contains(id);
+                first.push(id);
+                triggers_sim::history::ItemResult {
+                    index: i,
+                    status: if dup { 200 } else { 201 },
+                    event_id: Some((*id).to_owned()),
+                    ts_ms: Some(ts),
+                    duplicate: dup,
+                }
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn batch_items_count_like_single_posts() {
+    // An in-batch repeat answered with the first item's id: fine; e2 missing
+    // from the final walk: lost.
+    let mut h = H::new();
+    h.at(1).call(
+        0,
+        batch(1, vec![content(1), content(2), content(1)], None),
+        batch_ok(&["e1", "e2", "e1"], 1, false),
+    );
+    h.at(99_000).page(3, 1, vec![seen("e1", 1, 1)], true);
+    assert_eq!(h.invariants(), ["lost"]);
+
+    // Two ids for one content within a batch: duplicated.
+    let mut h = H::new();
+    h.at(1).call(
+        0,
+        batch(1, vec![content(1), content(1)], None),
+        batch_ok(&["e1", "e2"], 1, false),
+    );
+    h.at(99_000)
+        .page(3, 1, vec![seen("e1", 1, 1), seen("e2", 1, 1)], true);
+    assert_eq!(h.invariants(), ["duplicated"]);
+}
+
+fn keyed_post(send: u64, n: u32, key: &str) -> Action {
+    Action::Post {
+        send,
+        attempt: 1,
+        content: content(n),
+        valid: true,
+        idem: Some(key.into()),
+    }
+}
+
+fn posted(id: &str, ts: i64, status: u16, replayed: bool) -> Outcome {
+    Outcome::Posted {
+        status,
+        event_id: id.into(),
+        ts_ms: ts,
+        duplicate: status == 200,
+        replayed,
+    }
+}
+
+#[test]
+fn one_idempotency_key_answers_one_request_once() {
+    let conflict = || Outcome::Status {
+        status: 409,
+        code: "CONFLICT".into(),
+    };
+    // A replay answers the first id, marked; another body is 409.
+    let mut h = H::new();
+    h.at(1)
+        .call(0, keyed_post(1, 1, "k"), posted("e1", 1, 201, false));
+    h.at(5)
+        .call(0, keyed_post(2, 1, "k"), posted("e1", 1, 201, true));
+    h.at(6).call(0, keyed_post(3, 2, "k"), conflict());
+    h.at(99_000).page(3, 1, vec![seen("e1", 1, 1)], true);
+    assert_eq!(h.invariants(), Vec::<&str>::new());
+
+    // A replay with another id; another body processed; a 409 to the same
+    // request; a replay of nothing.
+    let cases: Vec<Vec<(Action, Outcome)>> = vec![
+        vec![
+            (keyed_post(1, 1, "k"), posted("e1", 1, 201, false)),
+            (keyed_post(2, 1, "k"), posted("e9", 1, 200, true)),
+        ],
+        vec![
+            (keyed_post(1, 1, "k"), posted("e1", 1, 201, false)),
+            (keyed_post(2, 2, "k"), posted("e2", 5, 201, false)),
+        ],
+        vec![
+            (keyed_post(1, 1, "k"), posted("e1", 1, 201, false)),
+            (keyed_post(2, 1, "k"), conflict()),
+        ],
+        vec![(keyed_post(1, 1, "k"), posted("e1", 1, 201, true))],
+        vec![
+            (keyed_post(1, 1, "k"), posted("e1", 1, 201, false)),
+            (keyed_post(2, 1, "k"), posted("e1", 1, 200, false)),
+        ],
+    ];
+    for case in cases {
+        let mut h = H::new();
+        let mut listed = Vec::new();
+        for (i, (action, outcome)) in case.into_iter().enumerate() {
+            if let Outcome::Posted {
+                event_id, ts_ms, ..
+            } = &outcome
+            {
+                let n = if event_id == "e2" { 2 } else { 1 };
+                if !listed.iter().any(|s: &Seen| s.id == *event_id) {
+                    listed.push(seen(event_id, n, *ts_ms));
+                }
+            }
+            h.at(1 + i as u64 * 5).call(0, action, outcome);
+        }
+        h.at(99_000).page(3, 1, listed, true);
+        let found = h.invariants();
+        assert!(found.contains(&"idempotency"), "{found:?}");
+    }
 }

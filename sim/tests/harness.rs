@@ -91,6 +91,11 @@ fn a_store_that_forgets_dedup_after_a_restart_fails_duplicated() {
 }
 
 #[test]
+fn a_store_that_hands_a_leased_event_to_a_second_lease_fails_double_lease() {
+    caught(Broken::StealsLeases);
+}
+
+#[test]
 fn the_same_workload_passes_without_faults() {
     let r = run(&SimConfig {
         faults: false,
