@@ -131,7 +131,7 @@ async fn abandoned_requests_run_no_more_bcrypt_than_the_budget_and_never_above_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_time_valid_key_of_another_id_is_verified_within_a_second_during_a_burst() {
+async fn a_first_time_valid_key_of_another_id_is_verified_during_a_burst_without_waiting_for_it() {
     let app = TestApp::start(Backend::Sqlite).await;
     let attacked = key_with_cost(&app, "acme", 10).await;
     let other = key_with_cost(&app, "other", 10).await;
@@ -152,7 +152,10 @@ async fn a_first_time_valid_key_of_another_id_is_verified_within_a_second_during
     let took = started.elapsed();
     println!("first-time key of another id during the burst: {status} in {took:?}");
     assert_eq!(status, 200);
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // Before the budgets it waited 30 s and got 503. About 0.1–0.4 s on a
+    // quiet machine (the figure is printed); the bound leaves room for a
+    // loaded CI machine (1.14 s was seen under a full parallel build).
+    assert!(took < Duration::from_secs(3), "took {took:?}");
     for t in burst {
         t.await.unwrap();
     }
