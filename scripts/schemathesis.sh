@@ -6,6 +6,10 @@
 # with delivered: true for the retention period (the contract, docs/api.md).
 # tests/schemathesis/schemathesis.toml says why cursors are not generated.
 #
+# One worker: with two, hypothesis (describing its strategies with Python's
+# ast in two threads) failed once with "AST constructor recursion depth
+# mismatch", a runtime error of the tool, not a finding.
+#
 #   SCHEMATHESIS_SEED (default 1), SCHEMATHESIS_MAX_TIME seconds (default 60),
 #   SCHEMATHESIS_NO_BASELINE=1 (run without the accepted failure: it shows)
 set -euo pipefail
@@ -48,7 +52,7 @@ set +e
     -H "Authorization: Bearer $key" \
     --seed "${SCHEMATHESIS_SEED:-1}" \
     --max-time "${SCHEMATHESIS_MAX_TIME:-60}" \
-    --workers 2 \
+    --workers 1 \
     --report junit --report-dir target/schemathesis \
     >"$work/out.txt" 2>&1
 rc=$?

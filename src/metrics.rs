@@ -67,6 +67,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::Client,
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::Evicted,
+        CloseReason::Refused,
+        CloseReason::Malformed,
+        CloseReason::HeadTooLarge,
+        CloseReason::IoError,
+        CloseReason::Shutdown,
+        CloseReason::ShutdownForced,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Client => "client",
@@ -88,11 +101,27 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-/// Connection counters of the server loop.
-#[derive(Clone, Debug, Default)]
+/// Connection counters of the server loop. Every reason's series exists
+/// from the start (at 0), so the set of series never changes at run time.
+#[derive(Clone, Debug)]
 pub struct ConnMetrics {
     open: Gauge,
     closed: Family<ReasonLabels, Counter>,
+}
+
+impl Default for ConnMetrics {
+    fn default() -> Self {
+        let metrics = Self {
+            open: Gauge::default(),
+            closed: Family::default(),
+        };
+        for reason in CloseReason::ALL {
+            let _ = metrics.closed.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        metrics
+    }
 }
 
 impl ConnMetrics {
@@ -313,5 +342,22 @@ mod tests {
             .count();
         assert_eq!(series, 2, "{text}");
         assert!(text.contains("method=\"other\""));
+    }
+
+    #[test]
+    fn every_close_reason_is_a_series_from_the_start_and_closing_adds_none() {
+        let m = Metrics::new();
+        let series = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("triggers_http_connections_closed_total{"))
+                .map(|l| l.rsplit_once(' ').map_or(l, |(s, _)| s).to_owned())
+                .collect()
+        };
+        let before = series(&m.render());
+        assert_eq!(before.len(), CloseReason::ALL.len(), "{before:?}");
+        for reason in CloseReason::ALL {
+            m.connections.closed(reason);
+        }
+        assert_eq!(series(&m.render()), before);
     }
 }
