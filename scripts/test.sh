@@ -101,7 +101,7 @@ sim_violations=$(sed -nE 's/^simulation: .* ([0-9]+) violations.*/\1/p' <<<"$sim
 step "Summary"
 echo "conformance suite: ${sqlite} passed against sqlite, ${dynamo} passed against dynamodb (${TRIGGERS_TEST_DYNAMODB_ENDPOINT}), ${memory} passed against memory, ${http_only} store-independent cases passed once"
 echo "dynamodb store tests: ${store_dynamo} passed"
-for backend in sqlite dynamodb; do
+for backend in sqlite dynamodb memory; do
     report=target/tmp/conformance-runner-${backend}.txt
     if [[ -f $report ]]; then
         echo "conformance runner on ${backend}: $(tail -1 "$report" | sed 's/^conformance: //')"
