@@ -778,6 +778,25 @@ mod tests {
     }
 
     #[test]
+    fn true_false_and_null_are_kept_as_literals() {
+        assert_eq!(
+            canonical(r#"{"t":true,"f":false,"n":null,"l":[false,true,null]}"#),
+            r#"{"f":false,"l":[false,true,null],"n":null,"t":true}"#
+        );
+        assert_ne!(
+            fp("t", r#"{"a":false}"#, None),
+            fp("t", r#"{"a":true}"#, None)
+        );
+    }
+
+    #[test]
+    fn a_small_payload_keeps_its_buffers_for_the_next_call() {
+        assert_eq!(canonical(r#"{"b":1,"a":2}"#), r#"{"a":2,"b":1}"#);
+        let kept = BUFFERS.with(|b| b.borrow().out.capacity());
+        assert!(kept > 0 && kept <= KEEP_CAPACITY, "{kept}");
+    }
+
+    #[test]
     fn fingerprints_print_as_64_hex_digits() {
         let f = fp("t", "{}", None);
         assert_eq!(f.to_hex(), hex::encode(f.0));

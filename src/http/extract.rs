@@ -733,6 +733,12 @@ mod tests {
     }
 
     #[test]
+    fn depth_falls_back_after_each_closing_bracket() {
+        assert_eq!(nesting_depth(b"[][][{}]", 10), 2);
+        assert_eq!(nesting_depth(br#"{"a":{},"b":[{}],"c":1}"#, 10), 3);
+    }
+
+    #[test]
     fn a_repeated_top_level_field_is_refused_and_named_once() {
         let body = br#"{"event_type":"a","payload":{},"event_type":"b","event_type":"c"}"#;
         match CreateEvent::parse_json(body, 1024) {
@@ -1061,12 +1067,16 @@ mod tests {
     }
 
     async fn state(max_body_bytes: usize) -> (tempfile::TempDir, AppState) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let settings = crate::config::Settings {
+        state_with(crate::config::Settings {
             max_body_bytes,
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    async fn state_with(settings: crate::config::Settings) -> (tempfile::TempDir, AppState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let state = AppState::new(
             std::sync::Arc::new(store),
             std::sync::Arc::new(crate::clock::SystemClock),
@@ -1235,6 +1245,79 @@ mod tests {
                 _ => panic!("{body}: not refused"),
             }
         }
+    }
+
+    fn batch_of(item: &str) -> String {
+        format!(r#"{{"events":[{item}]}}"#)
+    }
+
+    #[test]
+    fn a_batch_item_of_exactly_the_event_limit_is_judged_and_one_byte_more_is_too_large() {
+        let item = r#"{"event_type":"t","payload":{}}"#;
+        let n = item.len();
+        let parsed = BatchRequest::parse_json(batch_of(item).as_bytes(), n, 1024).unwrap();
+        assert!(parsed.events[0].is_ok(), "{}", outcome(&parsed.events[0]));
+        let parsed = BatchRequest::parse_json(batch_of(item).as_bytes(), n - 1, 1024).unwrap();
+        assert_eq!(
+            outcome(&parsed.events[0]),
+            format!(
+                "413 The event exceeds {} bytes (the largest POST /events body).",
+                n - 1
+            )
+        );
+    }
+
+    #[test]
+    fn a_batch_item_nested_max_depth_deep_is_judged_and_one_deeper_is_refused() {
+        // The item object is level 1 and its payload level 2, so a payload
+        // of `d` levels makes an item `d + 1` deep.
+        let item = |d: usize| {
+            format!(
+                r#"{{"event_type":"t","payload":{}{{}}{}}}"#,
+                r#"{"a":"#.repeat(d - 1),
+                "}".repeat(d - 1)
+            )
+        };
+        assert_eq!(
+            nesting_depth(item(MAX_DEPTH - 1).as_bytes(), 1000),
+            MAX_DEPTH
+        );
+        let parsed =
+            BatchRequest::parse_json(batch_of(&item(MAX_DEPTH - 1)).as_bytes(), 4096, 4096)
+                .unwrap();
+        assert!(parsed.events[0].is_ok(), "{}", outcome(&parsed.events[0]));
+        let parsed =
+            BatchRequest::parse_json(batch_of(&item(MAX_DEPTH)).as_bytes(), 4096, 4096).unwrap();
+        assert_eq!(
+            outcome(&parsed.events[0]),
+            outcome(&Err(too_deep())),
+            "an item {} deep",
+            MAX_DEPTH + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_body_is_read_up_to_the_batch_limit_not_the_event_limit() {
+        let (_dir, s) = state_with(crate::config::Settings {
+            max_body_bytes: 8,
+            max_batch_body_bytes: 16,
+            ..Default::default()
+        })
+        .await;
+        let req = |body: &str| request(Some("application/json"), None, body.to_owned().into());
+        let at_limit = "[1,2,3,4,5,6,7] ";
+        let got = BatchBody::from_request(req(at_limit), &s)
+            .await
+            .map(|b| b.0);
+        assert_eq!(got.unwrap(), at_limit.as_bytes());
+        let e = BatchBody::from_request(req("[1,2,3,4,5,6,7,8]"), &s).await;
+        assert!(matches!(e, Err(ApiError::PayloadTooLarge(_))));
+        let e = BatchBody::from_request(
+            request(Some("text/plain"), None, at_limit.to_owned().into()),
+            &s,
+        )
+        .await;
+        assert!(matches!(e, Err(ApiError::UnsupportedMediaType)));
     }
 
     proptest! {
