@@ -1019,9 +1019,6 @@ pub async fn producer(mut a: Actor, w: Arc<World>, pace: Duration, huge: bool) {
     }
 }
 
-/// `POST /events/batch`'s body limit (the server's default).
-const BATCH_BODY_LIMIT: usize = 1024 * 1024;
-
 /// A batch of 1 to 8 events, some repeating an earlier one of the same
 /// batch or a recent send, sometimes with an idempotency key; now and then
 /// the whole batch again later (a client that lost track). The send counter
@@ -1049,10 +1046,11 @@ async fn batch_send(a: &mut Actor, w: &World, mut n: u64) -> u64 {
         }
     }
     // A careful client keeps its batch under the API's body limit (the
-    // server's default, which the simulation never changes): repeats of a
+    // simulated server's own setting): repeats of a
     // recent huge send can push it over, and a 413 for the whole batch is
     // then the right answer, not a refusal of a valid request.
-    while items.len() > 1 && batch_body(&items).len() > BATCH_BODY_LIMIT {
+    let limit = w.params.settings.max_batch_body_bytes;
+    while items.len() > 1 && batch_body(&items).len() > limit {
         items.pop();
     }
     let key = a.rng.random_bool(0.3).then(|| a.draw_key());
